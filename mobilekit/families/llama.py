@@ -1,0 +1,90 @@
+"""Llama family: LlamaForCausalLM and MistralForCausalLM (ARCHITECTURES.md §1-3)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from mobilekit.errors import CheckpointError
+from mobilekit.families import Family
+from mobilekit.modeling.spec import DecoderSpec, Llama3RopeScaling
+
+
+def _rope_scaling(config: Mapping) -> Llama3RopeScaling | None:
+    # transformers 5 folds rope_scaling into rope_parameters; hub config.json files still
+    # carry the old key. Accept both (ARCHITECTURES.md §0.5).
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind == "llama3":
+        return Llama3RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
+    raise CheckpointError(
+        f"rope scaling type {kind!r} is not supported for Llama-family checkpoints "
+        "(supported: none, llama3)"
+    )
+
+
+def _rope_theta(config: Mapping) -> float:
+    params = config.get("rope_parameters") or {}
+    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def spec_from_config(config: Mapping) -> DecoderSpec:
+    heads = config["num_attention_heads"]
+    return DecoderSpec(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        intermediate_size=config["intermediate_size"],
+        max_position_embeddings=config.get("max_position_embeddings", 2048),
+        norm_eps=config.get("rms_norm_eps", 1e-6),
+        activation={"silu": "silu", "swish": "silu"}.get(config.get("hidden_act", "silu"), config.get("hidden_act")),
+        rope_theta=_rope_theta(config),
+        rope_scaling=_rope_scaling(config),
+        attention_bias=bool(config.get("attention_bias", False)),
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        sliding_window=config.get("sliding_window"),
+    )
+
+
+_LAYER_RENAMES = {
+    "input_layernorm": "input_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "self_attn": "attention",
+}
+
+
+def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        if name == "lm_head.weight" and spec.tie_word_embeddings:
+            continue
+        new = name.removeprefix("model.")
+        for old, repl in _LAYER_RENAMES.items():
+            new = new.replace(f".{old}.", f".{repl}.")
+        out[new] = tensor
+    if not spec.tie_word_embeddings and "lm_head.weight" not in out:
+        raise CheckpointError("checkpoint has no lm_head.weight but tie_word_embeddings is false")
+    return out
+
+
+FAMILY = Family(
+    name="llama",
+    architectures=("LlamaForCausalLM", "MistralForCausalLM"),
+    spec_from_config=spec_from_config,
+    convert_weights=convert_weights,
+    hf_reference_class="AutoModelForCausalLM",
+)

@@ -1,0 +1,73 @@
+"""DecoderSpec: everything the one mobilekit decoder needs to know about an architecture.
+
+A family module turns a checkpoint's config into a DecoderSpec; the decoder never reads
+a Hugging Face config itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mobilekit.errors import CheckpointError
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+
+
+@dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1's static rewrite of the rotary frequencies (ARCHITECTURES.md §2)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int
+    norm_eps: float = 1e-5
+    activation: str = "silu"
+    rope_theta: float = 10000.0
+    rope_scaling: Llama3RopeScaling | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    # Mistral-style sliding window; None = full attention. The decoder keeps a full-length
+    # cache, which is exact only while the context is no longer than the window.
+    sliding_window: int | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise CheckpointError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise CheckpointError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.activation not in ACTIVATIONS:
+            raise CheckpointError(
+                f"Unsupported activation {self.activation!r}. Supported: {', '.join(ACTIVATIONS)}"
+            )
+
+    @property
+    def attention_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def num_parameters(self) -> int:
+        d, hd, inter = self.hidden_size, self.head_dim, self.intermediate_size
+        attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+        mlp = 3 * d * inter
+        per_layer = attn + mlp + 2 * d
+        embed = self.vocab_size * d
+        head = 0 if self.tie_word_embeddings else embed
+        return self.num_layers * per_layer + embed + head + d

@@ -1,0 +1,105 @@
+"""Quantization schemes: one registry of names and validation budgets, with the
+per-target implementations that realize each scheme.
+
+Budgets bound what validation may see between the reference (HF eager fp32) and the
+artefact run through its runtime. They were set from measurement on SmolLM2-135M and
+tiny random models (numbers in README "Validation budgets"); a recipe may tighten or
+loosen them for its model in its `[budgets.<scheme>]` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from mobilekit.errors import RecipeError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bounds on validation metrics; None = reported but not gated."""
+
+    max_abs_logit_error: float | None = None
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    min_greedy_match: float | None = None
+    max_ppl_increase_pct: float | None = None
+
+    def with_overrides(self, overrides: dict) -> "Budget":
+        names = {f.name for f in fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise RecipeError(f"unknown budget metric(s) {sorted(unknown)}; known: {sorted(names)}")
+        return replace(self, **overrides)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    description: str
+    budget: Budget
+
+
+# Set from measurement (README "Validation budgets" lists what was measured).
+FP32_BUDGET = Budget(
+    max_abs_logit_error=5e-3, min_cosine=0.99999, min_top1_agreement=0.99, min_greedy_match=1.0, max_ppl_increase_pct=0.1
+)
+FP16_BUDGET = Budget(min_cosine=0.999, min_top1_agreement=0.95, min_greedy_match=0.5, max_ppl_increase_pct=1.0)
+INT8_BUDGET = Budget(min_cosine=0.99, min_top1_agreement=0.85, max_ppl_increase_pct=5.0)
+INT4_BUDGET = Budget(min_cosine=0.95, min_top1_agreement=0.65, max_ppl_increase_pct=30.0)
+
+SCHEMES = {
+    s.name: s
+    for s in (
+        Scheme("fp32", "float32 weights and compute", FP32_BUDGET),
+        Scheme("fp16", "float16 weights and compute", FP16_BUDGET),
+        Scheme("int8", "8-bit per-channel weights", INT8_BUDGET),
+        Scheme("int4", "4-bit weights, blocks of 32; embeddings 8-bit", INT4_BUDGET),
+    )
+}
+
+
+def names() -> list[str]:
+    return list(SCHEMES)
+
+
+def get(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise UnknownNameError("quant scheme", name, names())
+    return SCHEMES[name]
+
+
+def budget_for(name: str, overrides: dict | None = None) -> Budget:
+    return get(name).budget.with_overrides(overrides or {})
+
+
+# --- ExecuTorch: torchao source transforms applied before torch.export -----------------
+
+
+def quantize_for_executorch(module, scheme: str) -> None:
+    """In place: int8 = 8-bit dynamic activations x 8-bit per-channel weights (XNNPACK
+    8da8w); int4 = 8da4w with groups of 32. Both store embeddings as 8-bit per row."""
+    if scheme == "fp32":
+        return
+    import torch
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import (
+        Int8DynamicActivationIntxWeightConfig,
+        IntxWeightOnlyConfig,
+        quantize_,
+    )
+
+    weight_bits = {"int8": torch.int8, "int4": torch.int4}[scheme]
+    granularity = PerAxis(0) if scheme == "int8" else PerGroup(32)
+    quantize_(
+        module,
+        IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+        filter_fn=lambda m, _: isinstance(m, torch.nn.Embedding),
+    )
+    quantize_(
+        module,
+        Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_bits, weight_granularity=granularity),
+        filter_fn=lambda m, _: isinstance(m, torch.nn.Linear),
+    )

@@ -1,0 +1,95 @@
+"""Target registry: executorch, onnx, coreml. Registry key = module stem = CLI value.
+
+Every target is registered always; a target checks that its converter and runtime are
+installed only when it is used (TargetUnavailable names the pip extra to install).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mobilekit.errors import SchemeNotSupported, UnknownNameError
+from mobilekit.modeling import Decoder
+
+TARGET_MODULES = ("executorch",)
+
+
+@dataclass
+class ExportRequest:
+    """What a target needs to write its artefact into a (temporary) bundle folder."""
+
+    decoder: Decoder  # fp32, eval, no grads
+    scheme: str
+    max_seq_len: int
+    bos_id: int | None
+    eos_ids: list[int]
+    out_dir: Path
+    progress: Callable[[str], None] = lambda _msg: None
+
+
+@dataclass
+class Artefact:
+    """What a target wrote: files (relative to the bundle) and facts for the manifest."""
+
+    files: list[str]
+    io: dict  # inputs / outputs / cache names and shapes, the contract apps rely on
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    """One generation through the app runtime, with its timings."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    time_to_first_token_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    runtime: str
+
+
+class Target:
+    """Base class; subclasses override the methods below."""
+
+    name: str = ""
+    schemes: tuple[str, ...] = ()
+    default_scheme: str = ""
+    runtime: str = ""  # the runtime apps use, named in the manifest and in generate's output
+
+    def check_available(self) -> None:
+        """Raise TargetUnavailable if the converter or runtime is missing."""
+
+    def check_scheme(self, scheme: str) -> None:
+        if scheme not in self.schemes:
+            raise SchemeNotSupported(
+                f"target {self.name} does not offer quant scheme {scheme!r}. It offers: {', '.join(self.schemes)}"
+            )
+
+    def export(self, request: ExportRequest) -> Artefact:
+        raise NotImplementedError
+
+    def runtime_versions(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def open_session(self, bundle_dir: Path, manifest: dict):
+        """A runtime.Session over the artefact, for stage-2 validation."""
+        raise NotImplementedError
+
+    def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
+                 on_text: Callable[[str], None]) -> GenerationResult:
+        """Generate through the runtime apps use; `prompt` is already chat-formatted."""
+        raise NotImplementedError
+
+
+def names() -> list[str]:
+    return sorted(TARGET_MODULES)
+
+
+def get(name: str) -> Target:
+    if name not in TARGET_MODULES:
+        raise UnknownNameError("target", name, names())
+    return importlib.import_module(f"mobilekit.targets.{name}").TARGET
