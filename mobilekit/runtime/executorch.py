@@ -41,7 +41,7 @@ class ExecuTorchSession(Session):
 
 
 def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int,
-                    on_text: Callable[[str], None]) -> GenerationResult:
+                    on_text: Callable[[str], None], add_bos: bool) -> GenerationResult:
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     _set_threads()
@@ -56,7 +56,7 @@ def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int
     def on_stats(s) -> None:
         stats.update(json.loads(s.to_json_string()))
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, echo=False)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, echo=False, num_bos=int(add_bos))
     runner.generate(prompt, config, on_token, on_stats)
     start = stats["inference_start_ms"]
     prefill_ms = max(stats["prompt_eval_end_ms"] - start, 1e-3)

@@ -14,7 +14,7 @@ from typing import Callable
 from mobilekit.errors import SchemeNotSupported, UnknownNameError
 from mobilekit.modeling import Decoder
 
-TARGET_MODULES = ("executorch",)
+TARGET_MODULES = ("coreml", "executorch", "onnx")
 
 
 @dataclass

@@ -183,7 +183,8 @@ class ExecuTorchTarget(Target):
         from mobilekit.runtime.executorch import runner_generate
 
         _load_custom_ops()
-        return runner_generate(bundle_dir / MODEL_FILE, bundle_dir / "tokenizer.json", prompt, max_new_tokens, on_text)
+        return runner_generate(bundle_dir / MODEL_FILE, bundle_dir / "tokenizer.json", prompt, max_new_tokens, on_text,
+                               add_bos=manifest.get("add_bos", False))
 
 
 TARGET = ExecuTorchTarget()

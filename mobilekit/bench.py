@@ -1,0 +1,134 @@
+"""Speed, size and memory of bundles, side by side in one run.
+
+Each measurement runs in its own child process, so peak RSS is that runtime's alone
+(not the parent's imports or another bundle's buffers)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_PROMPT = "Write a long story about a dragon who learns to bake bread."
+
+
+def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int) -> list[dict]:
+    from mobilekit import bundle
+
+    rows = []
+    eager_source = None
+    for folder in bundle_dirs:
+        manifest = bundle.read_manifest(folder)
+        row = _child(["bundle", str(folder), str(new_tokens)])
+        row.update(name=folder.name, target=manifest["target"], quant=manifest["quant"],
+                   size_mb=manifest["size_bytes"] / 1e6)
+        rows.append(row)
+        eager_source = eager_source or (folder, manifest)
+    if compare_eager and eager_source:
+        folder, manifest = eager_source
+        from mobilekit.pipeline import _source_of
+
+        row = _child(["eager", _source_of(manifest), str(folder), str(new_tokens)])
+        row.update(name="transformers eager fp32", target="eager", quant="fp32", size_mb=None)
+        rows.append(row)
+        for r in rows:
+            r["decode_vs_eager"] = r["decode_tokens_per_s"] / row["decode_tokens_per_s"]
+    return rows
+
+
+def _child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "mobilekit.bench", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        from mobilekit.errors import MobilekitError
+
+        raise MobilekitError(f"benchmark worker failed ({' '.join(args[:2])}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mobilekit bench (prompt: {BENCH_PROMPT!r})")
+    for col in ("bundle", "runtime", "prompt tok", "new tok", "TTFT ms", "prefill tok/s",
+                "decode tok/s", "× eager", "peak RSS MB", "size MB"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], r["runtime"], str(r["prompt_tokens"]), str(r["generated_tokens"]),
+            f"{r['time_to_first_token_s'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}",
+            f"{r['decode_tokens_per_s']:.1f}", f"{r['decode_vs_eager']:.1f}" if "decode_vs_eager" in r else "",
+            f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}" if r["size_mb"] else "",
+        )
+    Console().print(table)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _bench_bundle(folder: Path, new_tokens: int) -> dict:
+    from mobilekit import bundle, chat, targets
+
+    manifest = bundle.read_manifest(folder)
+    target = targets.get(manifest["target"])
+    target.check_available()
+    prompt = chat.format_prompt(manifest, BENCH_PROMPT)
+    pieces = []
+    result = target.generate(folder, manifest, prompt, new_tokens, pieces.append)
+    return {
+        "runtime": result.runtime,
+        "prompt_tokens": result.prompt_tokens,
+        "generated_tokens": len(result.token_ids) or len(pieces),
+        "time_to_first_token_s": result.time_to_first_token_s,
+        "prefill_tokens_per_s": result.prefill_tokens_per_s,
+        "decode_tokens_per_s": result.decode_tokens_per_s,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _bench_eager(source: str, folder: Path, new_tokens: int) -> dict:
+    """transformers generate, fp32, greedy, forced to `new_tokens` tokens."""
+    import torch
+
+    from mobilekit import bundle, chat
+    from mobilekit.checkpoint import resolve
+
+    torch.set_num_threads(torch.get_num_threads())
+    manifest = bundle.read_manifest(folder)
+    checkpoint = resolve(source)
+    model = checkpoint.load_reference()
+    tokenizer = checkpoint.load_tokenizer()
+    prompt = chat.format_prompt(manifest, BENCH_PROMPT)
+    ids = tokenizer(prompt, add_special_tokens=manifest.get("add_bos", False), return_tensors="pt")["input_ids"]
+
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        return time.perf_counter() - start
+
+    timed(2)  # warm-up
+    first = timed(1)
+    total = timed(new_tokens)
+    return {
+        "runtime": "transformers eager (generate)",
+        "prompt_tokens": ids.shape[1],
+        "generated_tokens": new_tokens,
+        "time_to_first_token_s": first,
+        "prefill_tokens_per_s": ids.shape[1] / first,
+        "decode_tokens_per_s": (new_tokens - 1) / (total - first),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+if __name__ == "__main__":
+    kind, *rest = sys.argv[1:]
+    if kind == "bundle":
+        out = _bench_bundle(Path(rest[0]), int(rest[1]))
+    else:
+        out = _bench_eager(rest[0], Path(rest[1]), int(rest[2]))
+    print(json.dumps(out))

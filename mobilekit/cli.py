@@ -1,0 +1,234 @@
+"""mobilekit's command line. The only module that prints to the user or exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from mobilekit import quantize, recipes, targets
+from mobilekit.errors import MobilekitError, ValidationFailed
+
+TARGET_CHOICES = [*targets.names(), "all"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def _progress(description: str):
+    """A spinner whose text follows the pipeline's progress messages."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=_console(), transient=True) as progress:
+        task = progress.add_task(description)
+
+        def update(message: str) -> None:
+            progress.update(task, description=f"{description}: {message}")
+            progress.console.log(message)
+
+        yield update
+
+
+class MobilekitGroup(click.Group):
+    """Turns MobilekitError into a one-line message and exit code 1 (2 for usage errors)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ValidationFailed as e:
+            click.secho(f"Error: {e}", fg="red", err=True)
+            sys.exit(3)
+        except MobilekitError as e:
+            click.secho(f"Error: {e}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=MobilekitGroup)
+@click.version_option(package_name="mobilekit")
+def main():
+    """Export small language models to ExecuTorch, ONNX and Core ML bundles for phone apps."""
+
+
+@main.command("list")
+def list_cmd():
+    """Recipes x targets: what is supported, and the default quant scheme per target."""
+    from rich.table import Table
+
+    table = Table(title="mobilekit recipes (default quant per target)")
+    table.add_column("recipe")
+    table.add_column("family")
+    for name in targets.names():
+        table.add_column(name)
+    for recipe in recipes.all_recipes():
+        cells = [support_cell(recipe, targets.get(t)) for t in targets.names()]
+        table.add_row(recipe.id, recipe.family, *cells)
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def support_cell(recipe, target) -> str:
+    return recipe.default_quant.get(target.name, target.default_scheme)
+
+
+@main.command()
+@click.argument("recipe_id")
+def info(recipe_id):
+    """What RECIPE resolves to: checkpoint, family, sizes and defaults."""
+    from mobilekit import families
+
+    recipe = recipes.get(recipe_id)
+    family = families.get(recipe.family)
+    rows = {
+        "recipe": recipe.id,
+        "name": recipe.name,
+        "family": f"{family.name} ({', '.join(family.architectures)})",
+        "checkpoint": f"{recipe.repo}@{recipe.revision}",
+        "default source": recipe.checkpoint_source,
+        "license": recipe.license,
+        "max_seq_len": str(recipe.max_seq_len),
+        "default quant": ", ".join(f"{t}={support_cell(recipe, targets.get(t))}" for t in targets.names()),
+    }
+    if recipe.notes:
+        rows["notes"] = recipe.notes
+    for key, value in rows.items():
+        click.echo(f"{key:>15}: {value}")
+
+
+@main.command()
+@click.argument("recipe_id", required=False)
+@click.option("--target", "target_name", type=click.Choice(TARGET_CHOICES), required=True,
+              help="Artefact kind; 'all' writes one bundle per target.")
+@click.option("--quant", type=click.Choice(quantize.names()), default=None,
+              help="Quantization scheme (default: the recipe's for the target).")
+@click.option("--max-seq-len", type=int, default=None, help="Context length (default: the recipe's).")
+@click.option("--checkpoint", "checkpoint_source", default=None,
+              help="embedded | PATH (HF folder or .gguf) | owner/name[@revision]. Without RECIPE_ID, "
+                   "the family is detected from the checkpoint.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder (default out/<recipe>-<target>-<quant>); with --target all, a parent folder.")
+@click.option("--validate/--no-validate", default=True, help="Check the artefact against the reference.")
+@click.option("--keep-failed", is_flag=True, help="Write the bundle even if validation misses a budget.")
+def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, output, validate, keep_failed):
+    """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
+    from mobilekit import pipeline
+
+    recipe = recipes.get(recipe_id) if recipe_id else None
+    if recipe is None and checkpoint_source is None:
+        raise click.UsageError("give RECIPE_ID, or --checkpoint PATH for a checkpoint without a recipe")
+    names = targets.names() if target_name == "all" else [target_name]
+    if quant is not None:  # fail before any work if a target does not offer the scheme
+        for name in names:
+            targets.get(name).check_scheme(quant)
+    with _progress("export") as progress:
+        context = pipeline.make_context(recipe, checkpoint_source, max_seq_len)
+        results, failures = [], []
+        for name in names:
+            out = (output / name) if (output and target_name == "all") else output
+            options = pipeline.ExportOptions(
+                target=name, scheme=quant, max_seq_len=max_seq_len, checkpoint=checkpoint_source,
+                output=out, validate=validate, keep_failed=keep_failed,
+            )
+            try:
+                results.append(pipeline.export(context, options, progress))
+            except MobilekitError as e:
+                if len(names) == 1:
+                    raise
+                failures.append((name, e))
+    for result in results:
+        click.echo(f"Wrote {result.path}  ({result.manifest['size_bytes'] / 1e6:.1f} MB, "
+                   f"export {result.manifest['export']['seconds']:.1f} s)")
+        _print_validation(result.manifest["validation"])
+    for name, error in failures:
+        click.secho(f"Error ({name}): {error}", fg="red", err=True)
+    if failures:
+        sys.exit(3 if all(isinstance(e, ValidationFailed) for _, e in failures) else 1)
+
+
+def _print_validation(validation: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not validation.get("performed"):
+        click.echo("validation: skipped (--no-validate)")
+        return
+    table = Table(title=f"validation vs {validation['reference']}")
+    for col in ("stage", "runtime", "max |Δlogit|", "min cos", "top-1", "greedy", "ppl ref→art", "result"):
+        table.add_column(col)
+    for stage in ("stage1", "stage2"):
+        rec = validation[stage]
+        m = rec["metrics"]
+        table.add_row(
+            stage, rec["runtime"], f"{m['max_abs_logit_error']:.2e}", f"{m['min_cosine']:.5f}",
+            f"{m['top1_agreement']:.1%}", f"{m['greedy_match']:.1%}",
+            f"{m['reference_ppl']:.2f}→{m['ppl']:.2f} ({m['ppl_increase_pct']:+.2f}%)",
+            "[green]pass[/green]" if rec["passed"] else "[red]FAIL[/red]",
+        )
+    Console().print(table)
+    for stage in ("stage1", "stage2"):
+        for miss in validation[stage]["misses"]:
+            click.secho(f"  {stage}: {miss}", fg="red")
+
+
+@main.command("validate")
+@click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--checkpoint", "checkpoint_source", default=None,
+              help="Reference checkpoint, if the bundle's own source cannot be resolved here.")
+def validate_cmd(bundle_dir, checkpoint_source):
+    """Re-run validation of BUNDLE_DIR against its reference; exit 3 if a budget is missed."""
+    from mobilekit import pipeline
+
+    with _progress("validate") as progress:
+        validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source)
+    _print_validation(validation)
+    if not validation["passed"]:
+        click.secho("Error: validation failed", fg="red", err=True)
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("prompt")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--chat/--no-chat", default=True, help="Wrap PROMPT in the bundle's chat template.")
+def generate(bundle_dir, prompt, max_new_tokens, chat):
+    """Stream a greedy reply to PROMPT from BUNDLE_DIR through the runtime apps use."""
+    from mobilekit import bundle, chat as chat_format
+
+    manifest = bundle.read_manifest(bundle_dir)
+    target = targets.get(manifest["target"])
+    target.check_available()
+    text = chat_format.format_prompt(manifest, prompt) if chat else prompt
+    result = target.generate(bundle_dir, manifest, text, max_new_tokens,
+                             lambda piece: click.echo(piece, nl=False))
+    click.echo()
+    click.secho(
+        f"[{result.runtime}] prompt {result.prompt_tokens} tokens, TTFT {result.time_to_first_token_s * 1000:.0f} ms, "
+        f"prefill {result.prefill_tokens_per_s:.0f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s",
+        fg="cyan", err=True,
+    )
+
+
+@main.command()
+@click.argument("bundle_dirs", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--compare-eager", is_flag=True, help="Also run transformers eager fp32 (generate) in this run.")
+@click.option("--new-tokens", type=int, default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def bench(bundle_dirs, compare_eager, new_tokens, as_json):
+    """Prefill and decode tokens/s, time to first token, peak RSS and size, side by side."""
+    from mobilekit import bench as bench_lib
+
+    rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    bench_lib.print_table(rows)

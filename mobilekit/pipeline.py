@@ -1,0 +1,237 @@
+"""The one straight pipeline, the same for every model and target:
+
+resolve checkpoint -> family adapter -> mobilekit decoder  --stage 1 vs HF reference-->
+  -> target export (cache, attention, quantize, lower) into a staging folder
+  -> tokenizer + manifest  --stage 2 vs HF reference, through the target's runtime-->
+  -> rename into place (only when complete, and only when validation passed or was waived)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mobilekit import bundle, quantize, targets, validate
+from mobilekit.checkpoint import Checkpoint, resolve
+from mobilekit.errors import BundleError, ExportError, ValidationFailed
+from mobilekit.recipes import Recipe
+from mobilekit.runtime.eager import EagerSession
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: str
+    scheme: str | None = None  # None = the recipe's default for the target
+    max_seq_len: int | None = None  # None = the recipe's
+    checkpoint: str | None = None  # None = the recipe's
+    output: Path | None = None  # None = out/<recipe>-<target>-<scheme>
+    validate: bool = True
+    keep_failed: bool = False  # write the bundle even if validation misses a budget
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict
+
+
+class Context:
+    """What one export needs from its checkpoint, loaded once and shared by all targets."""
+
+    def __init__(self, recipe: Recipe | None, checkpoint: Checkpoint, max_seq_len: int):
+        self.recipe, self.checkpoint, self.max_seq_len = recipe, checkpoint, max_seq_len
+        self.tokenizer = checkpoint.load_tokenizer()
+        self._reference = None
+
+    def reference(self, progress: Progress) -> validate.Reference:
+        if self._reference is None:
+            progress("running the reference (transformers eager fp32)")
+            model = self.checkpoint.load_reference()
+            self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len)
+            del model
+        return self._reference
+
+    def budget(self, scheme: str) -> quantize.Budget:
+        overrides = dict(self.recipe.budgets.get(scheme, {})) if self.recipe else {}
+        return quantize.budget_for(scheme, overrides)
+
+
+def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_len: int | None) -> Context:
+    if recipe is None and checkpoint_source is None:
+        raise ExportError("give a recipe, or --checkpoint PATH for a checkpoint without a recipe")
+    checkpoint = resolve(checkpoint_source or recipe.checkpoint_source)
+    spec = checkpoint.spec
+    if recipe is not None and checkpoint.family.name != recipe.family:
+        raise ExportError(
+            f"recipe {recipe.id} is for family {recipe.family}, but {checkpoint.path} is a "
+            f"{checkpoint.family.name} checkpoint ({checkpoint.config.get('architectures')})"
+        )
+    default_len = recipe.max_seq_len if recipe else min(spec.max_position_embeddings, 2048)
+    length = max_seq_len or default_len
+    if length > spec.max_position_embeddings:
+        raise ExportError(
+            f"--max-seq-len {length} exceeds the model's context of {spec.max_position_embeddings} tokens; "
+            f"pass --max-seq-len {spec.max_position_embeddings} or less"
+        )
+    if length < 32:
+        raise ExportError(f"--max-seq-len {length} is too short; use at least 32")
+    if spec.sliding_window is not None and length > spec.sliding_window:
+        raise ExportError(
+            f"the model attends within a sliding window of {spec.sliding_window} tokens, which this "
+            f"export does not implement; pass --max-seq-len {spec.sliding_window} or less"
+        )
+    return Context(recipe, checkpoint, length)
+
+
+def export(context: Context, options: ExportOptions, progress: Progress = lambda _m: None) -> ExportResult:
+    target = targets.get(options.target)
+    recipe = context.recipe
+    scheme = options.scheme or (recipe.default_quant.get(target.name) if recipe else None) or target.default_scheme
+    quantize.get(scheme)
+    target.check_scheme(scheme)
+    target.check_available()
+    name = bundle.default_name(recipe.id if recipe else context.checkpoint.path.name, target.name, scheme)
+    destination = Path(options.output) if options.output else Path("out") / name
+    if destination.exists():
+        raise BundleError(f"{destination} already exists; remove it or pass another --output")
+
+    tokenizer = context.tokenizer
+    stage1 = None
+    if options.validate:
+        reference = context.reference(progress)
+        progress("stage 1: mobilekit decoder vs reference")
+        session = EagerSession(context.checkpoint.build_decoder(), context.max_seq_len)
+        stage1 = validate.stage_record(validate.measure(session, reference), quantize.FP32_BUDGET, session.runtime)
+
+    started = time.perf_counter()
+    with bundle.staging(destination) as staging_dir:
+        request = targets.ExportRequest(
+            decoder=context.checkpoint.build_decoder(),
+            scheme=scheme,
+            max_seq_len=context.max_seq_len,
+            bos_id=tokenizer.bos_token_id,
+            eos_ids=sorted(validate.stop_ids(tokenizer, context.checkpoint.config)),
+            out_dir=staging_dir,
+            progress=progress,
+        )
+        artefact = target.export(request)
+        del request
+        for path in context.checkpoint.tokenizer_files():
+            shutil.copy2(path, staging_dir / path.name)
+        export_seconds = time.perf_counter() - started
+        manifest = _manifest(context, target, scheme, artefact, export_seconds)
+
+        validation = {"performed": False, "passed": None}
+        if options.validate:
+            progress(f"stage 2: {target.name} artefact vs reference")
+            session = target.open_session(staging_dir, manifest)
+            stage2 = validate.stage_record(
+                validate.measure(session, context.reference(progress)), context.budget(scheme), session.runtime
+            )
+            validation = _validation_record(stage1, stage2)
+        manifest["validation"] = validation
+        manifest = bundle.write_manifest(staging_dir, manifest)
+        if validation["performed"] and not validation["passed"] and not options.keep_failed:
+            raise ValidationFailed(_failure_message(validation), report=validation)
+    return ExportResult(destination, manifest)
+
+
+def _validation_record(stage1: dict, stage2: dict) -> dict:
+    return {
+        "performed": True,
+        "passed": stage1["passed"] and stage2["passed"],
+        "reference": "transformers eager fp32",
+        "prompts": validate.fixed_prompts(),
+        "eval_tokens": validate.EVAL_TOKENS,
+        "stage1": stage1,
+        "stage2": stage2,
+    }
+
+
+def _failure_message(validation: dict) -> str:
+    lines = ["validation failed:"]
+    for stage in ("stage1", "stage2"):
+        for miss in validation[stage]["misses"]:
+            lines.append(f"  {stage}: {miss}")
+    lines.append("Re-export with another --quant, or pass --keep-failed to keep the bundle anyway.")
+    return "\n".join(lines)
+
+
+def _manifest(context: Context, target, scheme: str, artefact, export_seconds: float) -> dict:
+    tokenizer, checkpoint, recipe = context.tokenizer, context.checkpoint, context.recipe
+    stops = validate.stop_ids(tokenizer, checkpoint.config)
+    spec = dataclasses.asdict(checkpoint.spec)
+    spec.pop("extra", None)
+    return {
+        "recipe": recipe.id if recipe else None,
+        "model_name": recipe.name if recipe else checkpoint.path.name,
+        "license": recipe.license if recipe else None,
+        "family": checkpoint.family.name,
+        "architecture": (checkpoint.config.get("architectures") or [None])[0],
+        "checkpoint": checkpoint.source,
+        "target": target.name,
+        "quant": scheme,
+        "quant_description": quantize.get(scheme).description,
+        "runtime": target.runtime,
+        "versions": {"mobilekit": _version(), "python": platform.python_version(), **target.runtime_versions()},
+        "max_seq_len": context.max_seq_len,
+        "vocab_size": checkpoint.spec.vocab_size,
+        "bos_id": tokenizer.bos_token_id,
+        "eos_ids": sorted(stops),
+        "add_bos": bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "stop_strings": sorted({tokenizer.decode([i]) for i in stops} | set(recipe.stop_strings if recipe else ())),
+        "decoder_spec": spec,
+        "io": artefact.io,
+        "model_files": artefact.files,
+        "export": {"seconds": round(export_seconds, 2), **artefact.extra},
+    }
+
+
+def _version() -> str:
+    from mobilekit import __version__
+
+    return __version__
+
+
+def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoint_source: str | None = None) -> dict:
+    """Re-run validation of an existing bundle against its checkpoint's reference."""
+    from mobilekit import recipes
+
+    manifest = bundle.read_manifest(bundle_dir)
+    bundle.verify_files(bundle_dir, manifest)
+    recipe = recipes.get(manifest["recipe"]) if manifest.get("recipe") else None
+    source = checkpoint_source or _source_of(manifest)
+    context = make_context(recipe, source, manifest["max_seq_len"])
+    reference = context.reference(progress)
+    progress("stage 1: mobilekit decoder vs reference")
+    session = EagerSession(context.checkpoint.build_decoder(), context.max_seq_len)
+    stage1 = validate.stage_record(validate.measure(session, reference), quantize.FP32_BUDGET, session.runtime)
+    progress(f"stage 2: {manifest['target']} artefact vs reference")
+    target = targets.get(manifest["target"])
+    target.check_available()
+    session = target.open_session(Path(bundle_dir), manifest)
+    stage2 = validate.stage_record(validate.measure(session, reference), context.budget(manifest["quant"]), session.runtime)
+    validation = _validation_record(stage1, stage2)
+    bundle.update_validation(bundle_dir, validation)
+    return validation
+
+
+def _source_of(manifest: dict) -> str:
+    source = manifest["checkpoint"]
+    if source["kind"] == "embedded":
+        return "embedded"
+    if source["kind"] == "hub":
+        return f"{source['repo']}@{source['revision']}"
+    if source["kind"] == "local":
+        return source["path"]
+    raise BundleError(
+        f"the bundle was exported from a GGUF file ({source.get('file')}); pass it with --checkpoint PATH"
+    )

@@ -1,0 +1,51 @@
+"""The mobilekit decoder run eagerly with a KV cache: the stage-1 session, and the
+runtime for weights read back out of an artefact (Core ML on Linux)."""
+
+from __future__ import annotations
+
+import torch
+
+from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.modeling.decoder import causal_attention
+from mobilekit.runtime import Session
+
+
+class EagerSession(Session):
+    runtime = "mobilekit decoder (PyTorch eager)"
+
+    def __init__(self, decoder: Decoder, max_seq_len: int, runtime: str | None = None):
+        super().__init__(max_seq_len)
+        self.decoder = decoder
+        self.cos, self.sin = rotary_tables(decoder.spec, max_seq_len)
+        self._k: list[torch.Tensor | None] = []
+        self._v: list[torch.Tensor | None] = []
+        if runtime:
+            self.runtime = runtime
+
+    def reset(self) -> None:
+        super().reset()
+        self._k = [None] * self.decoder.spec.num_layers
+        self._v = [None] * self.decoder.spec.num_layers
+
+    @torch.no_grad()
+    def _run(self, tokens):
+        if self.position == 0:
+            self.reset()
+        start, t = self.position, len(tokens)
+        total = start + t
+        # Query i (absolute start+i) sees keys 0..start+i.
+        mask = torch.ones(t, total, dtype=torch.bool).tril(start)
+        window = self.decoder.spec.sliding_window
+        if window is not None:
+            mask &= ~torch.ones(t, total, dtype=torch.bool).tril(start - window)
+        scale = self.decoder.spec.attention_scale
+
+        def attend(i, q, k, v):
+            if self._k[i] is not None:
+                k, v = torch.cat([self._k[i], k], 1), torch.cat([self._v[i], v], 1)
+            self._k[i], self._v[i] = k, v
+            return causal_attention(q, k, v, mask, scale)
+
+        ids = torch.tensor([tokens], dtype=torch.long)
+        logits = self.decoder(ids, self.cos[start:total], self.sin[start:total], attend, last_only=True)
+        return logits[0].float().numpy()

@@ -1,0 +1,82 @@
+"""Tiny random checkpoints of a real architecture, built locally (no hub): for tests and
+for `--checkpoint-mode tiny` runs. Weights are seeded; the tokenizer is a real byte-level
+BPE trained on mobilekit's bundled text, with ChatML special tokens and chat template."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = (resources.files("mobilekit") / "data" / "eval.txt").read_text()
+    tokenizer.train_from_iterator(text.splitlines() * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(folder)
+
+
+def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0, init_std: float = 0.08) -> Path:
+    """Write a random-weight HF checkpoint folder of `config` (default: a tiny Llama).
+
+    init_std is larger than HF's 0.02 so that logits are peaked like a trained model's and
+    top-1 agreement is a meaningful metric."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(config or TINY_LLAMA)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = AutoConfig.for_model(**{**config, "initializer_range": init_std})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    save_tiny_tokenizer(folder, config["vocab_size"])
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"] = config["architectures"]
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    return folder

