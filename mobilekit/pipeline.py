@@ -45,8 +45,12 @@ class ExportResult:
 class Context:
     """What one export needs from its checkpoint, loaded once and shared by all targets."""
 
-    def __init__(self, recipe: Recipe | None, checkpoint: Checkpoint, max_seq_len: int):
+    def __init__(self, recipe: Recipe | None, checkpoint: Checkpoint, max_seq_len: int,
+                 budget_overrides: dict | None = None):
         self.recipe, self.checkpoint, self.max_seq_len = recipe, checkpoint, max_seq_len
+        # scheme -> {metric: bound}; the recipe's [budgets] unless the caller gives its own
+        self.budget_overrides = budget_overrides if budget_overrides is not None else (
+            {k: dict(v) for k, v in recipe.budgets.items()} if recipe else {})
         self.tokenizer = checkpoint.load_tokenizer()
         self._reference = None
 
@@ -59,11 +63,11 @@ class Context:
         return self._reference
 
     def budget(self, scheme: str) -> quantize.Budget:
-        overrides = dict(self.recipe.budgets.get(scheme, {})) if self.recipe else {}
-        return quantize.budget_for(scheme, overrides)
+        return quantize.budget_for(scheme, self.budget_overrides.get(scheme))
 
 
-def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_len: int | None) -> Context:
+def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_len: int | None,
+                 budget_overrides: dict | None = None) -> Context:
     if recipe is None and checkpoint_source is None:
         raise ExportError("give a recipe, or --checkpoint PATH for a checkpoint without a recipe")
     checkpoint = resolve(checkpoint_source or recipe.checkpoint_source)
@@ -87,7 +91,7 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
             f"the model attends within a sliding window of {spec.sliding_window} tokens, which this "
             f"export does not implement; pass --max-seq-len {spec.sliding_window} or less"
         )
-    return Context(recipe, checkpoint, length)
+    return Context(recipe, checkpoint, length, budget_overrides)
 
 
 def export(context: Context, options: ExportOptions, progress: Progress = lambda _m: None) -> ExportResult:

@@ -62,11 +62,15 @@ def rotary_tables(spec: DecoderSpec, max_seq_len: int) -> tuple[torch.Tensor, to
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x [B,T,heads,hd]; cos/sin [T,hd]
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+class Rotary(nn.Module):
+    """Rotary embedding of q or k. A module (not a function) so a target can swap in a
+    formulation its backend keeps in one fused partition."""
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x [B,T,heads,hd]; cos/sin [T,1,hd]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
 
 
 _ACTIVATIONS = {
@@ -85,13 +89,15 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.attention_bias)
         self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.attention_bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=spec.attention_bias)
+        self.rotary = Rotary()
 
     def forward(self, layer_index, x, cos, sin, attend: Attend):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # -1 rather than the symbolic length: backends (XNNPACK) reject symbolic reshapes
+        b = x.shape[0]
+        q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
         return self.o_proj(attend(layer_index, q, k, v))
 
 
@@ -136,6 +142,7 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, cos, sin, attend: Attend, last_only: bool = False):
         """input_ids [B,T]; cos/sin [T,hd] for the positions of those tokens."""
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # once, broadcast over heads in every layer
         h = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
             h = layer(i, h, cos, sin, attend)

@@ -8,6 +8,7 @@ methods below, with names exactly as its C++ code looks them up.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.modeling.decoder import RMSNorm, Rotary
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.pte"
@@ -30,6 +32,49 @@ def _load_custom_ops() -> None:
         import executorch.kernels.quantized  # noqa: F401
     except ImportError as e:
         raise TargetUnavailable(f"ExecuTorch is not installed ({e}): pip install 'mobilekit'") from e
+
+
+class LinearMeanRMSNorm(nn.Module):
+    """RMSNorm whose mean of squares is a linear layer (x² · 1/d): XNNPACK has no
+    last-dim mean for these ranks, and each op it rejects splits the graph into another
+    delegate call. Same math as RMSNorm (fp32 models)."""
+
+    def __init__(self, norm: RMSNorm):
+        super().__init__()
+        self.eps, self.weight = norm.eps, norm.weight
+        dim = norm.weight.shape[0]
+        self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x):
+        mean_sq = torch.nn.functional.linear(x * x, self.mean_weight)
+        return self.weight * (x * torch.rsqrt(mean_sq + self.eps))
+
+
+class MatmulRotary(nn.Module):
+    """rotate_half as a signed permutation matrix: XNNPACK rejects the dynamic-length
+    slices of the usual form, which would split every layer into extra partitions."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        half = head_dim // 2
+        rotate = torch.zeros(head_dim, head_dim)
+        rotate[torch.arange(half), torch.arange(half) + half] = -1.0  # out[:half] = -x[half:]
+        rotate[torch.arange(half) + half, torch.arange(half)] = 1.0  # out[half:] = x[:half]
+        self.register_buffer("rotate", rotate, persistent=False)
+
+    def forward(self, x, cos, sin):
+        return x * cos + torch.nn.functional.linear(x, self.rotate) * sin
+
+
+def xnnpack_friendly(module: nn.Module, head_dim: int) -> None:
+    """In place: swap the decoder's norms and rotaries for forms XNNPACK delegates whole."""
+    for name, child in module.named_children():
+        if isinstance(child, RMSNorm):
+            setattr(module, name, LinearMeanRMSNorm(child))
+        elif isinstance(child, Rotary):
+            setattr(module, name, MatmulRotary(head_dim))
+        else:
+            xnnpack_friendly(child, head_dim)
 
 
 class ExecuTorchDecoder(nn.Module):
@@ -63,9 +108,42 @@ class ExecuTorchDecoder(nn.Module):
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
             out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True, scale)
-            return out.reshape(q.shape[0], seq_len, -1)
+            return out.reshape(q.shape[0], -1, q.shape[2] * q.shape[3])
 
         return self.decoder(tokens, cos, sin, attend, last_only=True)
+
+
+# XNNPACK preprocesses every partition with 17 graph passes, each re-tracing the whole
+# partition; on a 30-layer int4 model that is most of the export time. These passes
+# rewrite ops the decoder never emits inside a partition (convolutions, batch norm,
+# upsampling, PReLU, aten SDPA: attention runs in llama::custom_sdpa outside XNNPACK),
+# so skipping them changes nothing but the time. Checked against executorch 1.5.1.
+_PASSES_FOR_OPS_WE_NEVER_EMIT = (
+    "ConvertToUpsampleBilinear2d",
+    "ConvertToSDPAPass",
+    "FuseBatchNormPass",
+    "DecomposeBatchNorm",
+    "Conv1dUnsqueezePass",
+    "PReLUReshapePass",
+)
+
+
+@contextlib.contextmanager
+def _lean_xnnpack_passes():
+    from executorch.backends.xnnpack import _passes
+
+    manager = _passes.XNNPACKPassManager
+    original_init = manager.__init__
+
+    def init(self, exported_program, passes=None):
+        original_init(self, exported_program, passes)
+        self.passes = [p for p in self.passes if p.__name__ not in _PASSES_FOR_OPS_WE_NEVER_EMIT]
+
+    manager.__init__ = init
+    try:
+        yield
+    finally:
+        manager.__init__ = original_init
 
 
 def constant_methods(request: ExportRequest) -> dict:
@@ -110,6 +188,7 @@ class ExecuTorchTarget(Target):
         self.check_scheme(request.scheme)
         spec = request.decoder.spec
         module = ExecuTorchDecoder(request.decoder, request.max_seq_len).eval()
+        xnnpack_friendly(module, spec.head_dim)
         timings = {}
 
         t0 = time.perf_counter()
@@ -130,12 +209,13 @@ class ExecuTorchTarget(Target):
 
         t0 = time.perf_counter()
         request.progress("lowering to XNNPACK")
-        edge = to_edge_transform_and_lower(
-            program,
-            partitioner=[XnnpackPartitioner()],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-            constant_methods=constant_methods(request),
-        )
+        with _lean_xnnpack_passes():
+            edge = to_edge_transform_and_lower(
+                program,
+                partitioner=[XnnpackPartitioner()],
+                compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+                constant_methods=constant_methods(request),
+            )
         timings["lower_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

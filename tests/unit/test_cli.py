@@ -1,0 +1,101 @@
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mobilekit.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_list_shows_recipes_and_targets():
+    result = run("list")
+    assert result.exit_code == 0
+    for word in ("smollm2-135m", "tinyllama-1.1b-chat", "mobilellama-1.4b-chat", "executorch", "onnx", "coreml"):
+        assert word in result.output
+
+
+def test_info_resolves_a_recipe():
+    result = run("info", "smollm2-135m")
+    assert result.exit_code == 0
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct@12fd25f" in result.output
+    assert "embedded" in result.output and "executorch=int4" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "gpt5", "--target", "executorch"], "Unknown recipe 'gpt5'. Available: "),
+        (["export", "smollm2-135m", "--target", "onx"], "'onx' is not one of 'coreml', 'executorch', 'onnx', 'all'"),
+        (["export", "smollm2-135m", "--target", "executorch", "--quant", "int3"], "'int3' is not one of"),
+        (["export", "smollm2-135m", "--target", "executorch", "--quant", "fp16"],
+         "does not offer quant scheme 'fp16'. It offers: fp32, int8, int4"),
+        (["info", "nope"], "Unknown recipe 'nope'"),
+    ],
+)
+def test_bad_names_list_the_valid_ones(args, message, tmp_path):
+    result = run(*args, *(["--output", str(tmp_path / "b")] if args[0] == "export" else []))
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_checkpoint_path(tmp_path):
+    result = run("export", "--checkpoint", str(tmp_path / "nowhere"), "--target", "executorch",
+                 "--output", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_corrupt_safetensors(tiny_llama_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    result = run("export", "--checkpoint", str(broken), "--target", "executorch", "--quant", "fp32",
+                 "--output", str(tmp_path / "b"), "--no-validate")
+    assert result.exit_code == 1
+    assert "is not a readable safetensors file" in result.output and "re-download" in result.output
+    assert list(tmp_path.iterdir()) == [broken]
+
+
+def test_gguf_of_unsupported_architecture(tmp_path):
+    import gguf
+
+    path = tmp_path / "bert.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = run("export", "--checkpoint", str(path), "--target", "executorch", "--output", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "architecture 'bert', which mobilekit does not support" in result.output
+    assert "llama" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_output_folder_that_exists(tiny_llama_dir, tmp_path):
+    (tmp_path / "b").mkdir()
+    result = run("export", "--checkpoint", str(tiny_llama_dir), "--target", "executorch", "--quant", "fp32",
+                 "--output", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "already exists; remove it or pass another --output" in result.output
+
+
+def test_context_longer_than_the_model(tiny_llama_dir, tmp_path):
+    result = run("export", "--checkpoint", str(tiny_llama_dir), "--target", "executorch",
+                 "--max-seq-len", "100000", "--output", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "exceeds the model's context of 256 tokens" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_validate_a_folder_that_is_not_a_bundle(tmp_path):
+    result = run("validate", str(tmp_path))
+    assert result.exit_code == 1
+    assert "mobilekit.json is missing" in result.output
