@@ -57,11 +57,25 @@ def main():
     """Export small language models to ExecuTorch, ONNX and Core ML bundles for phone apps."""
 
 
+def support_markdown() -> str:
+    """The README's support table, generated from the recipe and target registries."""
+    names = targets.names()
+    lines = ["| recipe | family | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for recipe in recipes.all_recipes():
+        cells = [f"{support_cell(recipe, targets.get(t))} ({'/'.join(targets.get(t).schemes)})" for t in names]
+        lines.append(f"| `{recipe.id}` | {recipe.family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @main.command("list")
-def list_cmd():
+@click.option("--markdown", is_flag=True, help="Print the README's support table instead.")
+def list_cmd(markdown):
     """Recipes x targets: what is supported, and the default quant scheme per target."""
     from rich.table import Table
 
+    if markdown:
+        click.echo(support_markdown())
+        return
     table = Table(title="mobilekit recipes (default quant per target)")
     table.add_column("recipe")
     table.add_column("family")
@@ -161,13 +175,13 @@ def _print_validation(validation: dict) -> None:
         click.echo("validation: skipped (--no-validate)")
         return
     table = Table(title=f"validation vs {validation['reference']}")
-    for col in ("stage", "runtime", "max |Δlogit|", "min cos", "top-1", "greedy", "ppl ref→art", "result"):
+    for col in ("stage", "runtime", "max |Δlogit|", "cos min/mean", "top-1", "greedy", "ppl ref→art", "result"):
         table.add_column(col)
     for stage in ("stage1", "stage2"):
         rec = validation[stage]
         m = rec["metrics"]
         table.add_row(
-            stage, rec["runtime"], f"{m['max_abs_logit_error']:.2e}", f"{m['min_cosine']:.5f}",
+            stage, rec["runtime"], f"{m['max_abs_logit_error']:.2e}", f"{m['min_cosine']:.4f}/{m['mean_cosine']:.4f}",
             f"{m['top1_agreement']:.1%}", f"{m['greedy_match']:.1%}",
             f"{m['reference_ppl']:.2f}→{m['ppl']:.2f} ({m['ppl_increase_pct']:+.2f}%)",
             "[green]pass[/green]" if rec["passed"] else "[red]FAIL[/red]",

@@ -20,6 +20,7 @@ class Budget:
 
     max_abs_logit_error: float | None = None
     min_cosine: float | None = None
+    min_mean_cosine: float | None = None
     min_top1_agreement: float | None = None
     min_greedy_match: float | None = None
     max_ppl_increase_pct: float | None = None
@@ -42,13 +43,17 @@ class Scheme:
     budget: Budget
 
 
-# Set from measurement (README "Validation budgets" lists what was measured).
+# Set from measurement with a margin; what was measured is in README "Validation budgets".
+# fp32 must be exact up to float reassociation. Quantized budgets bound the damage seen on
+# SmolLM2-135M (a small model is the fragile case) so that a broken lowering, a wrong
+# layout or a bad quantizer setting fails, while the chosen scheme passes.
 FP32_BUDGET = Budget(
-    max_abs_logit_error=5e-3, min_cosine=0.99999, min_top1_agreement=0.99, min_greedy_match=1.0, max_ppl_increase_pct=0.1
+    max_abs_logit_error=1e-3, min_cosine=0.99999, min_top1_agreement=0.99, min_greedy_match=1.0,
+    max_ppl_increase_pct=0.1,
 )
-FP16_BUDGET = Budget(min_cosine=0.999, min_top1_agreement=0.95, min_greedy_match=0.5, max_ppl_increase_pct=1.0)
-INT8_BUDGET = Budget(min_cosine=0.99, min_top1_agreement=0.85, max_ppl_increase_pct=5.0)
-INT4_BUDGET = Budget(min_cosine=0.95, min_top1_agreement=0.65, max_ppl_increase_pct=30.0)
+FP16_BUDGET = Budget(min_mean_cosine=0.995, min_top1_agreement=0.9, max_ppl_increase_pct=2.0)
+INT8_BUDGET = Budget(min_mean_cosine=0.98, min_top1_agreement=0.8, max_ppl_increase_pct=6.0)
+INT4_BUDGET = Budget(min_mean_cosine=0.8, min_top1_agreement=0.45, max_ppl_increase_pct=25.0)
 
 SCHEMES = {
     s.name: s

@@ -46,7 +46,8 @@ def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # No byte alphabet: a random model would emit lone UTF-8 continuation bytes, which
+        # ExecuTorch's Python runner binding cannot pass to a str callback.
     )
     text = (resources.files("mobilekit") / "data" / "eval.txt").read_text()
     tokenizer.train_from_iterator(text.splitlines() * 4, trainer)
@@ -57,6 +58,8 @@ def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
         unk_token="<|endoftext|>",
         pad_token="<|im_end|>",
     )
+    # Fill the rest of the embedding rows with plain tokens so every id decodes to text.
+    fast.add_tokens([f"<extra_{i}>" for i in range(vocab_size - len(fast))])
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(folder)
 

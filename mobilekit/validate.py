@@ -8,8 +8,8 @@ Both stages use the same measurements, so a loss is pinned to one stage:
 
 Measurements:
   teacher-forced pass over the bundled text: prefill PREFILL_TOKENS, then one token per
-  step through the runtime's KV cache -> per-position max |logit error|, minimum cosine,
-  top-1 agreement, and perplexity (increase vs reference, %);
+  step through the runtime's KV cache -> per-position max |logit error|, minimum and mean
+  cosine, top-1 agreement, and perplexity (increase vs reference, %);
   greedy continuation of each fixed prompt -> fraction of the reference's tokens matched
   before the first divergence (the minimum over prompts).
 """
@@ -98,6 +98,7 @@ def _reference_greedy(model, ids: list[int], n: int, stops: set[int]) -> list[in
 class Metrics:
     max_abs_logit_error: float
     min_cosine: float
+    mean_cosine: float
     top1_agreement: float
     greedy_match: float
     reference_ppl: float
@@ -131,6 +132,7 @@ def measure(session, reference: Reference) -> Metrics:
     return Metrics(
         max_abs_logit_error=float(np.abs(got - want).max()),
         min_cosine=float(cos.min()),
+        mean_cosine=float(cos.mean()),
         top1_agreement=float((got.argmax(-1) == want.argmax(-1)).mean()),
         greedy_match=float(min(matches)) if matches else 1.0,
         reference_ppl=ref_ppl,
@@ -162,6 +164,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 _CHECKS = {
     "max_abs_logit_error": ("max_abs_logit_error", "max"),
     "min_cosine": ("min_cosine", "min"),
+    "mean_cosine": ("min_mean_cosine", "min"),
     "top1_agreement": ("min_top1_agreement", "min"),
     "greedy_match": ("min_greedy_match", "min"),
     "ppl_increase_pct": ("max_ppl_increase_pct", "max"),
