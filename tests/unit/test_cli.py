@@ -99,3 +99,23 @@ def test_validate_a_folder_that_is_not_a_bundle(tmp_path):
     result = run("validate", str(tmp_path))
     assert result.exit_code == 1
     assert "mobilekit.json is missing" in result.output
+
+
+def test_unreachable_hub_names_the_local_fix(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1, so the real huggingface_hub code path fails fast.
+    result = run("export", "tinyllama-1.1b-chat", "--target", "executorch", "--output", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "could not fetch TinyLlama/TinyLlama-1.1B-Chat-v1.0@fe8a4ea" in result.output
+    assert "--checkpoint PATH" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_recipe_and_checkpoint_family_must_agree(tiny_llama_dir, tmp_path):
+    result = run("export", "smollm2-135m", "--checkpoint", str(tiny_llama_dir), "--target", "executorch",
+                 "--quant", "fp32", "--max-seq-len", "64", "--output", str(tmp_path / "b"), "--no-validate")
+    # Same family (llama): allowed, and the bundle records the local source.
+    assert result.exit_code == 0, result.output
+    import json
+
+    manifest = json.loads((tmp_path / "b" / "mobilekit.json").read_text())
+    assert manifest["checkpoint"]["kind"] == "local" and manifest["validation"]["performed"] is False
