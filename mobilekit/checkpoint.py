@@ -211,6 +211,8 @@ def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
     source = {"kind": kind, "file": path.name, "sha256": digest}
     if repo:
         source["repo"] = repo
+    if kind == "gguf":
+        source["path"] = str(path.resolve())
     folder = cache_dir() / "gguf" / digest
     if (folder / "config.json").is_file():
         return Checkpoint(path=folder, source=source)

@@ -53,6 +53,7 @@ class Context:
             {k: dict(v) for k, v in recipe.budgets.items()} if recipe else {})
         self.tokenizer = checkpoint.load_tokenizer()
         self._reference = None
+        self._stage1 = None
 
     def reference(self, progress: Progress) -> validate.Reference:
         if self._reference is None:
@@ -61,6 +62,16 @@ class Context:
             self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len)
             del model
         return self._reference
+
+    def stage1(self, progress: Progress) -> dict:
+        """The mobilekit decoder (eager, fp32) vs the reference: the same for every target."""
+        if self._stage1 is None:
+            reference = self.reference(progress)
+            progress("stage 1: mobilekit decoder vs reference")
+            session = EagerSession(self.checkpoint.build_decoder(), self.max_seq_len)
+            metrics = validate.measure(session, reference)
+            self._stage1 = validate.stage_record(metrics, quantize.FP32_BUDGET, session.runtime)
+        return self._stage1
 
     def budget(self, scheme: str) -> quantize.Budget:
         return quantize.budget_for(scheme, self.budget_overrides.get(scheme))
@@ -107,12 +118,7 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
         raise BundleError(f"{destination} already exists; remove it or pass another --output")
 
     tokenizer = context.tokenizer
-    stage1 = None
-    if options.validate:
-        reference = context.reference(progress)
-        progress("stage 1: mobilekit decoder vs reference")
-        session = EagerSession(context.checkpoint.build_decoder(), context.max_seq_len)
-        stage1 = validate.stage_record(validate.measure(session, reference), quantize.FP32_BUDGET, session.runtime)
+    stage1 = context.stage1(progress) if options.validate else None
 
     started = time.perf_counter()
     with bundle.staging(destination) as staging_dir:
@@ -214,15 +220,14 @@ def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoin
     recipe = recipes.get(manifest["recipe"]) if manifest.get("recipe") else None
     source = checkpoint_source or _source_of(manifest)
     context = make_context(recipe, source, manifest["max_seq_len"])
-    reference = context.reference(progress)
-    progress("stage 1: mobilekit decoder vs reference")
-    session = EagerSession(context.checkpoint.build_decoder(), context.max_seq_len)
-    stage1 = validate.stage_record(validate.measure(session, reference), quantize.FP32_BUDGET, session.runtime)
+    stage1 = context.stage1(progress)
     progress(f"stage 2: {manifest['target']} artefact vs reference")
     target = targets.get(manifest["target"])
     target.check_available()
     session = target.open_session(Path(bundle_dir), manifest)
-    stage2 = validate.stage_record(validate.measure(session, reference), context.budget(manifest["quant"]), session.runtime)
+    stage2 = validate.stage_record(
+        validate.measure(session, context.reference(progress)), context.budget(manifest["quant"]), session.runtime
+    )
     validation = _validation_record(stage1, stage2)
     bundle.update_validation(bundle_dir, validation)
     return validation
@@ -234,8 +239,9 @@ def _source_of(manifest: dict) -> str:
         return "embedded"
     if source["kind"] == "hub":
         return f"{source['repo']}@{source['revision']}"
-    if source["kind"] == "local":
+    if source["kind"] in ("local", "gguf") and Path(source["path"]).exists():
         return source["path"]
     raise BundleError(
-        f"the bundle was exported from a GGUF file ({source.get('file')}); pass it with --checkpoint PATH"
+        f"the bundle's checkpoint {source.get('path', source.get('file'))} is not on this machine; "
+        "pass it with --checkpoint PATH"
     )

@@ -74,3 +74,26 @@ def test_runner_greedy_equals_reference(bundles, context):
     assert generated.text.replace("<|im_end|>", "") == expected
     assert generated.decode_tokens_per_s > 0
     assert chat.format_prompt(result.manifest, "hi").startswith("<|im_start|>user")
+
+
+def test_cli_validate_and_generate(bundles, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from mobilekit.cli import main
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["int8"].path, copy)
+    result = CliRunner().invoke(main, ["validate", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "stage2" in result.output and "pass" in result.output
+
+    result = CliRunner().invoke(main, ["generate", str(copy), "Rivers carry", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "ExecuTorch TextLLMRunner" in result.output
+
+    (copy / "tokenizer.json").write_text("{}")
+    result = CliRunner().invoke(main, ["validate", str(copy)])
+    assert result.exit_code == 1
+    assert "tokenizer.json does not match its sha256" in result.output
