@@ -1,0 +1,425 @@
+"""Core ML from Python.
+
+macOS: `CoreMLSession` runs the real stateful MLModel (make_state, then predict with
+inputIds + causalMask, prefill then decode), and `coreml_generate` generates greedily with
+the bundle's tokenizer.
+
+Linux (no Core ML runtime; coremltools' wheel lacks libcoremlpython): the saved package is
+loaded back into a MIL program, its stored weights (dequantized from constexpr ops where
+quantized) are mapped onto the decoder's parameter names and loaded into a fresh
+`mobilekit.modeling.Decoder`, which runs as an `EagerSession`. That validates what the
+package stores (weights, quantization); it does not execute Core ML's kernels or its fp16
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilekit.errors import BundleError, ValidationFailed
+from mobilekit.modeling import Decoder, DecoderSpec, Llama3RopeScaling
+from mobilekit.runtime import Session
+from mobilekit.targets import GenerationResult
+
+ROUNDTRIP_RUNTIME = "Core ML weight round-trip (Linux; Core ML cannot execute here)"
+COREML_RUNTIME = "Core ML (MLModel.predict, stateful)"
+
+# Suffixes coremltools appends to a weight's name as passes rewrite it (fp16 cast,
+# compression); stripped to recover the torch.export placeholder name p_decoder_<key>.
+WEIGHT_NAME_SUFFIXES = ("_to_fp16", "_to_fp32", "_quantized", "_palettized", "_sparsified", "_dequantized")
+PARAM_PREFIX = "p_decoder_"
+# constexpr ops that turn stored data into a weight (iOS 16 and iOS 18 opsets)
+DEQUANTIZING_OPS = (
+    "constexpr_blockwise_shift_scale",
+    "constexpr_lut_to_dense",
+    "constexpr_affine_dequantize",
+    "constexpr_sparse_to_dense",
+)
+MASKED = float(np.finfo(np.float16).min)  # what swift-transformers writes for a masked key (-65504)
+
+
+def load_program(path: Path):
+    """(MIL program, Model spec) of a saved .mlpackage; works without the Core ML runtime."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    try:
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        spec = model.get_spec()
+        program = milproto_load(
+            spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir
+        )
+    except Exception as e:
+        raise BundleError(f"{path} is not a readable Core ML package ({type(e).__name__}: {e})") from e
+    return program, spec
+
+
+def spec_from_manifest(manifest: dict) -> DecoderSpec:
+    """The DecoderSpec stored in the manifest as dataclasses.asdict(DecoderSpec)."""
+    stored = manifest.get("decoder_spec")
+    if not isinstance(stored, dict):
+        raise BundleError(
+            "the manifest has no decoder_spec; re-export the bundle with this mobilekit version"
+        )
+    fields = dict(stored)
+    scaling = fields.get("rope_scaling")
+    if isinstance(scaling, dict):
+        fields["rope_scaling"] = Llama3RopeScaling(**scaling)
+    known = set(DecoderSpec.__dataclass_fields__)
+    unknown = set(fields) - known
+    if unknown:
+        raise BundleError(
+            f"the manifest's decoder_spec has fields this mobilekit does not know: {sorted(unknown)}; "
+            "upgrade mobilekit"
+        )
+    return DecoderSpec(**fields)
+
+
+# --- weights: MIL program -> decoder state_dict ------------------------------------------
+
+
+def _base_name(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in WEIGHT_NAME_SUFFIXES:
+            if name.endswith(suffix):
+                name, stripped = name[: -len(suffix)], True
+    return name
+
+
+def param_name(key: str) -> str:
+    """The torch.export placeholder name of decoder weight `key` inside CoreMLDecoder."""
+    return PARAM_PREFIX + key.replace(".", "_")
+
+
+def _consumers(op):
+    return [c for out in op.outputs for c in out.child_ops]
+
+
+def weight_ops(program) -> dict:
+    """name -> op for every op that yields a weight tensor a compute op reads: float consts
+    and dequantizing constexpr ops (their data/scale consts are not listed)."""
+    from coremltools.converters.mil.mil import types
+
+    found = {}
+    for op in program.functions["main"].operations:
+        if op.op_type in DEQUANTIZING_OPS:
+            found[op.name] = op
+        elif op.op_type == "const":
+            out = op.outputs[0]
+            if out.rank >= 1 and types.is_float(out.dtype) and any(
+                not c.op_type.startswith("constexpr_") for c in _consumers(op)
+            ):
+                found[op.name] = op
+    return found
+
+
+def _tied_groups(decoder: Decoder) -> list[list[str]]:
+    """state_dict keys grouped by the parameter they name (tied embeddings share one)."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in decoder.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    return list(groups.values())
+
+
+def _shape(decoder: Decoder, key: str) -> tuple[int, ...]:
+    return tuple(decoder.state_dict(keep_vars=True)[key].shape)
+
+
+def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]]:
+    """Map decoder state_dict keys to the MIL ops that hold their values.
+
+    By name first (coremltools keeps torch.export's `p_decoder_<key>` and appends pass
+    suffixes); then, for keys still unresolved, linear weights by the order of `linear`
+    ops in the graph and the embedding by the one `gather` over a table of its shape, each
+    checked by shape. Returns (key -> op, keys with no op)."""
+    ops = weight_ops(program)
+    by_base: dict[str, object] = {}
+    for name, op in ops.items():
+        by_base.setdefault(_base_name(name), op)
+    state = decoder.state_dict(keep_vars=True)
+    sources: dict[str, object] = {}
+    unresolved: list[list[str]] = []
+    for group in _tied_groups(decoder):
+        op = next((by_base[param_name(k)] for k in group if param_name(k) in by_base), None)
+        if op is None:
+            unresolved.append(group)
+            continue
+        for k in group:
+            sources[k] = op
+
+    claimed = {id(op) for op in sources.values()}
+    if unresolved:
+        main = program.functions["main"]
+        # linear weights in execution order (module registration order is forward order)
+        linear_keys = [f"{n}.weight" for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+        pending = {k for g in unresolved for k in g}
+        want = [k for k in linear_keys if k in pending]
+        have = [
+            op.weight.op
+            for op in main.operations
+            if op.op_type == "linear" and op.weight.op is not None and id(op.weight.op) not in claimed
+            and op.weight.op.name in ops
+        ]
+        if want and len(want) == len(have) and all(
+            tuple(o.outputs[0].shape) == _shape(decoder, k) for k, o in zip(want, have)
+        ):
+            for k, o in zip(want, have):
+                for g in unresolved:
+                    if k in g:
+                        for kk in g:
+                            sources[kk] = o
+                claimed.add(id(o))
+        embed_keys = [f"{n}.weight" for n, m in decoder.named_modules() if isinstance(m, nn.Embedding)]
+        for k in embed_keys:
+            if k in sources:
+                continue
+            tables = [
+                op.x.op for op in main.operations
+                if op.op_type == "gather" and op.x.op is not None and op.x.op.name in ops
+                and id(op.x.op) not in claimed and tuple(op.x.shape) == _shape(decoder, k)
+            ]
+            if len(tables) == 1:
+                for g in unresolved:
+                    if k in g:
+                        for kk in g:
+                            sources[kk] = tables[0]
+                claimed.add(id(tables[0]))
+
+    for key, op in sources.items():
+        if tuple(op.outputs[0].shape) != tuple(state[key].shape):
+            raise ValidationFailed(
+                f"Core ML weight {op.name} has shape {tuple(op.outputs[0].shape)} but decoder weight "
+                f"{key} has {tuple(state[key].shape)}: the package does not belong to this decoder spec"
+            )
+    missing = [k for k in state if k not in sources]
+    return sources, missing
+
+
+def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:
+    """`missing` if every one of them is all ones (the converter folds away a multiply by
+    ones, e.g. an untrained RMSNorm weight); otherwise an ExportError naming the rest."""
+    from mobilekit.errors import ExportError
+
+    state = decoder.state_dict()
+    lost = [k for k in missing if not bool(torch.all(state[k] == 1))]
+    if lost:
+        raise ExportError(
+            f"the Core ML program has no weight for decoder parameters {lost}; the weight mapping "
+            "(mobilekit.runtime.coreml.map_weights) does not understand this program"
+        )
+    return sorted(missing)
+
+
+def materialize(op) -> np.ndarray:
+    """The weight an op yields: dequantized for constexpr ops, plain for consts."""
+    if op.op_type == "const":
+        return np.asarray(op.outputs[0].val)
+    return np.asarray(op.materialized_val_inference())
+
+
+def read_identity_metadata(spec_pb) -> list[str]:
+    from mobilekit.targets.coreml import METADATA_IDENTITY_WEIGHTS
+
+    raw = spec_pb.description.metadata.userDefined.get(METADATA_IDENTITY_WEIGHTS)
+    return json.loads(raw) if raw else []
+
+
+def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
+    """A fresh Decoder holding the weights stored in the package at `path`.
+
+    Raises ValidationFailed if any decoder weight has no counterpart in the package (other
+    than those the export recorded as all-ones weights folded away by the converter)."""
+    program, spec_pb = load_program(path)
+    with torch.device("meta"):
+        decoder = Decoder(spec)
+    sources, missing = map_weights(program, decoder)
+    identity = set(read_identity_metadata(spec_pb))
+    unexplained = [k for k in missing if k not in identity]
+    if unexplained:
+        raise ValidationFailed(
+            f"{path} holds no weight for decoder parameters {unexplained}: the package is incomplete "
+            "or was not exported by mobilekit's Core ML target for this decoder spec"
+        )
+    state = decoder.state_dict(keep_vars=True)
+    weights: dict[str, torch.Tensor] = {}
+    cache: dict[int, torch.Tensor] = {}
+    storage: dict[str, int] = {}
+    for key in state:
+        if key in sources:
+            op = sources[key]
+            if id(op) not in cache:
+                cache[id(op)] = torch.from_numpy(materialize(op).astype(np.float32))
+            weights[key] = cache[id(op)]
+            storage[op.op_type] = storage.get(op.op_type, 0) + 1
+        else:
+            weights[key] = torch.ones(state[key].shape)
+    decoder.load_state_dict(weights, strict=True, assign=True)
+    if spec.tie_word_embeddings:
+        decoder.lm_head.weight = decoder.embed_tokens.weight
+    report = {
+        "mapped": {k: sources[k].name for k in sources},
+        "identity": sorted(identity & set(missing)),
+        "storage_ops": storage,
+    }
+    return decoder.eval().requires_grad_(False), report
+
+
+def roundtrip_session(path: Path, spec: DecoderSpec, max_seq_len: int):
+    from mobilekit.runtime.eager import EagerSession
+
+    decoder, _ = roundtrip_decoder(path, spec)
+    return EagerSession(decoder, max_seq_len, runtime=ROUNDTRIP_RUNTIME)
+
+
+class WrapperSession(Session):
+    """The torch module that is converted (CoreMLDecoder: fp16 state buffers, positions read
+    from the mask's shape, slice-updated cache), run eagerly on the inputs Core ML receives.
+
+    fp32 checks the wrapper's cache and position logic, which nothing else executes on
+    Linux. fp16 (with the fp16-safe norms the export uses) approximates Core ML's fp16
+    compute with torch's CPU kernels; it is an estimate, not Core ML's arithmetic."""
+
+    def __init__(self, decoder: Decoder, max_seq_len: int, dtype: torch.dtype = torch.float32):
+        super().__init__(max_seq_len)
+        import copy
+
+        from mobilekit.targets.coreml import KEY_CACHE, VALUE_CACHE, CoreMLDecoder, apply_fp16_safe_norms
+
+        decoder = copy.deepcopy(decoder)
+        if dtype == torch.float16:
+            apply_fp16_safe_norms(decoder)
+        self.module = CoreMLDecoder(decoder, max_seq_len).to(dtype).eval()
+        for name in (KEY_CACHE, VALUE_CACHE):  # Core ML states are fp16 whatever the compute
+            setattr(self.module, name, getattr(self.module, name).half())
+        self.dtype = dtype
+        self.runtime = f"Core ML wrapper module, torch eager ({str(dtype).removeprefix('torch.')})"
+
+    @torch.no_grad()
+    def _run(self, tokens):
+        end = self.position + len(tokens)
+        mask = torch.from_numpy(causal_mask(len(tokens), end).astype(np.float32)).to(self.dtype)
+        logits = self.module(torch.tensor([tokens], dtype=torch.int32), mask)
+        return logits[0, -1].float().numpy()
+
+
+# --- macOS: the real Core ML runtime -----------------------------------------------------
+
+
+def causal_mask(seq_len: int, end: int) -> np.ndarray:
+    """fp16 [1,1,T,end] additive mask for T new tokens at positions end-T..end-1."""
+    start = end - seq_len
+    mask = np.full((seq_len, end), MASKED, dtype=np.float16)
+    for i in range(seq_len):
+        mask[i, : start + i + 1] = 0
+    return mask[None, None]
+
+
+def compute_units_from_manifest(manifest: dict) -> str:
+    """The compute units the export recommended (manifest["export"]), else by scheme."""
+    from mobilekit.targets.coreml import COMPUTE_UNITS
+
+    units = (manifest.get("export") or {}).get("recommended_compute_units")
+    return units or COMPUTE_UNITS.get(manifest.get("quant"), "cpuAndNeuralEngine")
+
+
+class CoreMLSession(Session):
+    """The stateful MLModel: make_state() per sequence, predict(inputIds, causalMask)."""
+
+    runtime = COREML_RUNTIME
+
+    def __init__(self, path: Path, max_seq_len: int, compute_units: str = "cpuAndNeuralEngine"):
+        super().__init__(max_seq_len)
+        import coremltools as ct
+
+        units = {
+            "cpuOnly": ct.ComputeUnit.CPU_ONLY,
+            "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
+            "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE,
+            "all": ct.ComputeUnit.ALL,
+        }[compute_units]
+        self.model = ct.models.MLModel(str(path), compute_units=units)
+        self.state = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.state = self.model.make_state()
+
+    def _run(self, tokens):
+        if self.position == 0 or self.state is None:
+            self.reset()
+        end = self.position + len(tokens)
+        inputs = {
+            "inputIds": np.asarray([tokens], dtype=np.int32),
+            "causalMask": causal_mask(len(tokens), end),
+        }
+        out = self.model.predict(inputs, state=self.state)
+        return np.asarray(out["logits"], dtype=np.float32)[0, -1]
+
+
+def coreml_generate(bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
+                    on_text: Callable[[str], None]) -> GenerationResult:
+    """Greedy generation through the real Core ML model (macOS only)."""
+    from transformers import AutoTokenizer
+
+    from mobilekit.targets.coreml import MODEL_FILE
+
+    tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
+    # The prompt is already chat-formatted (the template writes any BOS itself).
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    max_seq_len = int(manifest["max_seq_len"])
+    stop = set(manifest.get("eos_ids") or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
+    session = CoreMLSession(bundle_dir / MODEL_FILE, max_seq_len, compute_units_from_manifest(manifest))
+    session.reset()
+
+    t0 = time.perf_counter()
+    logits = session.step(prompt_ids)
+    token = int(np.argmax(logits))
+    t_first = time.perf_counter()
+    generated = [token]
+    shown = ""
+
+    def emit():
+        nonlocal shown
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if len(text) > len(shown) and not text.endswith("\ufffd"):
+            on_text(text[len(shown):])
+            shown = text
+
+    emit()
+    while token not in stop and len(generated) < max_new_tokens and session.position < max_seq_len:
+        token = int(np.argmax(session.step([token])))
+        generated.append(token)
+        emit()
+    t_end = time.perf_counter()
+    decode_steps = len(generated) - 1
+    return GenerationResult(
+        text=tokenizer.decode(generated, skip_special_tokens=True),
+        token_ids=generated,
+        prompt_tokens=len(prompt_ids),
+        time_to_first_token_s=t_first - t0,
+        prefill_tokens_per_s=len(prompt_ids) / max(t_first - t0, 1e-9),
+        decode_tokens_per_s=decode_steps / max(t_end - t_first, 1e-9),
+        runtime=COREML_RUNTIME,
+    )
+
+
+__all__ = [
+    "CoreMLSession",
+    "causal_mask",
+    "coreml_generate",
+    "load_program",
+    "map_weights",
+    "roundtrip_decoder",
+    "roundtrip_session",
+    "spec_from_manifest",
+    "WrapperSession",
+]

@@ -1,0 +1,585 @@
+"""Core ML target: a stateful `model.mlpackage` (iOS 18 / macOS 15) in the shape that
+swift-transformers' `LanguageModelWithStatefulKVCache` loads.
+
+Contract (names exactly as swift-transformers' `LanguageModel.Keys` spells them):
+  inputs   inputIds    int32 [1, T]                 T in 1..max_seq_len (RangeDim)
+           causalMask  fp16  [1, 1, T, past+T]      additive: 0 = attend, -65504 = masked
+  output   logits      [1, T, vocab]                fp16 (fp32 for the fp32 scheme)
+  states   keyCache, valueCache  fp16 [layers, 1, kv_heads, max_seq_len, head_dim]
+The model reads its positions from the mask's shape (end = causalMask.shape[-1],
+start = end - T) and writes k/v with a slice update `cache[..., start:end, :]`, the form
+coremltools converts into `slice_update` + `coreml_update_state` (`index_copy` does not
+convert). swift-transformers only checks that logits has rank 3; it reads any float type.
+
+Core ML cannot execute on Linux. There, `open_session` reads the stored (possibly
+quantized) weights back out of the package into a fresh mobilekit decoder (see
+`mobilekit.runtime.coreml`) and `check_spec` checks the I/O contract; on macOS both
+`open_session` and `generate` run the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import MethodType
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
+from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.modeling.decoder import RMSNorm, repeat_kv
+from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
+
+MODEL_FILE = "model.mlpackage"
+INPUT_IDS, CAUSAL_MASK, LOGITS = "inputIds", "causalMask", "logits"
+KEY_CACHE, VALUE_CACHE = "keyCache", "valueCache"
+DEPLOYMENT_TARGET = "iOS18"  # = macOS15; stateful models need it
+SPEC_VERSION_IOS18 = 9  # Model.specificationVersion that coremltools writes for iOS18
+WRAPPED_DECODER = "decoder"  # attribute name: torch.export lifts weights as p_decoder_<key>
+METADATA_IDENTITY_WEIGHTS = "mobilekit.identity_weights"
+METADATA_SCHEME = "mobilekit.scheme"
+METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
+
+COMPUTE_PRECISION = {"fp16": "float16", "fp32": "float32", "int8": "float16", "int4": "float16"}
+# The ANE computes in fp16 only, so the fp16-compute schemes target it. The fp32 scheme exists
+# to be the near-exact artefact: "cpuOnly" is the one unit whose fp32 path is fp32 on every
+# device (the ANE would drop to fp16; GPU numerics differ between GPU families).
+COMPUTE_UNITS = {"fp16": "cpuAndNeuralEngine", "int8": "cpuAndNeuralEngine", "int4": "cpuAndNeuralEngine",
+                 "fp32": "cpuOnly"}
+# Weight storage the schemes promise; check_spec verifies it in the saved program.
+QUANTIZED_DTYPE = {"int8": "int8", "int4": "int4"}
+INT4_BLOCK_SIZE = 32
+# coremltools' default: tensors of at most this many elements (norm weights, tiny projections)
+# stay fp16 in the quantized schemes.
+QUANTIZE_WEIGHT_THRESHOLD = 2048
+
+
+def _coremltools():
+    try:
+        import coremltools
+    except ImportError as e:
+        raise TargetUnavailable(f"coremltools is not installed ({e}): pip install 'mobilekit[coreml]'") from e
+    return coremltools
+
+
+# --- the module that is converted -------------------------------------------------------
+
+
+class CoreMLDecoder(nn.Module):
+    """The decoder with its KV cache in two fp16 buffers that coremltools turns into the
+    states keyCache/valueCache [layers, 1, kv_heads, max_seq_len, head_dim]."""
+
+    def __init__(self, decoder: Decoder, max_seq_len: int):
+        super().__init__()
+        spec = decoder.spec
+        setattr(self, WRAPPED_DECODER, decoder)
+        self.max_seq_len = max_seq_len
+        cos, sin = rotary_tables(spec, max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16).
+        shape = (spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim)
+        self.register_buffer(KEY_CACHE, torch.zeros(shape, dtype=torch.float16))
+        self.register_buffer(VALUE_CACHE, torch.zeros(shape, dtype=torch.float16))
+
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        decoder: Decoder = getattr(self, WRAPPED_DECODER)
+        spec = decoder.spec
+        seq_len = inputIds.shape[1]
+        end = causalMask.shape[-1]
+        start = end - seq_len
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        groups = spec.num_heads // spec.num_kv_heads
+        # Core ML's fused scaled_dot_product_attention (iOS 18) has no scale argument, and
+        # coremltools decomposes any SDPA that passes one: fold a non-default scale into q.
+        q_scale = spec.attention_scale * math.sqrt(spec.head_dim)
+        key_cache, value_cache = getattr(self, KEY_CACHE), getattr(self, VALUE_CACHE)
+
+        def attend(i, q, k, v):
+            q = q.transpose(1, 2)  # [1, H, T, hd]
+            if not math.isclose(q_scale, 1.0, rel_tol=1e-9):
+                q = q * q_scale
+            key_cache[i : i + 1, :, :, start:end, :] = k.transpose(1, 2).unsqueeze(0).to(key_cache.dtype)
+            value_cache[i : i + 1, :, :, start:end, :] = v.transpose(1, 2).unsqueeze(0).to(value_cache.dtype)
+            keys = repeat_kv(key_cache[i, :, :, :end, :].to(q.dtype), groups)
+            values = repeat_kv(value_cache[i, :, :, :end, :].to(q.dtype), groups)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causalMask.to(q.dtype))
+            return out.transpose(1, 2).reshape(1, seq_len, -1)
+
+        return decoder(inputIds, cos, sin, attend)
+
+
+def _fp16_safe_rms_norm(self: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    # Under Core ML's fp16 compute the decoder's `x.float()` is a no-op, and x^2 overflows
+    # fp16 (max 65504) on the massive activations of trained LMs (SmolLM2-135M carries
+    # |x| ~ 2.5e4 on the first token from layer 12 on): the row normalizes to 0 and top-1
+    # agreement collapses (4% in a torch fp16 simulation). Scaling by max|x| first keeps
+    # every intermediate in range; in exact arithmetic it is the same function.
+    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    y = x / s
+    normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + (self.eps / s) / s)
+    return self.weight * normed
+
+
+def apply_fp16_safe_norms(decoder: Decoder) -> list[RMSNorm]:
+    """Swap the decoder's RMSNorms for the fp16-safe form (in place); returns those swapped."""
+    norms = [m for m in decoder.modules() if type(m) is RMSNorm]
+    if norms:
+        # If RMSNorm ever changes (offset, different eps handling), refuse rather than diverge.
+        norm = norms[0]
+        probe = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 50
+        probe = probe.to(norm.weight.dtype)
+        with torch.no_grad():
+            want, got = norm(probe).float(), _fp16_safe_rms_norm(norm, probe.float()).float()
+        if not torch.allclose(want, got, rtol=1e-3, atol=1e-3):
+            raise ExportError(
+                "mobilekit.modeling.RMSNorm no longer matches the Core ML target's fp16-safe form "
+                "(_fp16_safe_rms_norm in mobilekit/targets/coreml.py): update that function"
+            )
+    for m in norms:
+        m.forward = MethodType(_fp16_safe_rms_norm, m)
+    return norms
+
+
+@contextmanager
+def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
+    """The fp16-safe RMSNorms while the decoder is traced; the originals again on exit."""
+    norms = apply_fp16_safe_norms(decoder) if enabled else []
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
+
+
+# --- quantization -----------------------------------------------------------------------
+
+
+def quantization_config(scheme: str, program=None):
+    """coremltools OptimizationConfig for `scheme` (int8 / int4), or None for fp16 / fp32.
+
+    int8: linear_symmetric int8 per output channel, every weight above the size threshold.
+    int4: linear_symmetric int4 in blocks of 32 along the input axis; embedding tables
+    (gather inputs, which with tied embeddings is also the lm head) stay int8 per row, as
+    the int4 scheme promises ("embeddings 8-bit"). `program` (the MIL program) is needed
+    to find them."""
+    if scheme not in QUANTIZED_DTYPE:
+        return None
+    _coremltools()
+    import coremltools.optimize.coreml as cto
+
+    int8 = cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_WEIGHT_THRESHOLD
+    )
+    if scheme == "int8":
+        return cto.OptimizationConfig(global_config=int8)
+    int4 = cto.OpLinearQuantizerConfig(
+        mode="linear_symmetric",
+        dtype="int4",
+        granularity="per_block",
+        block_size=INT4_BLOCK_SIZE,
+        weight_threshold=QUANTIZE_WEIGHT_THRESHOLD,
+    )
+    # A const feeding both a gather and a linear (tied embeddings) must get one config: set
+    # it on the const itself.
+    embedding_consts = {}
+    if program is not None:
+        for op in program.functions["main"].operations:
+            if op.op_type == "gather" and op.x.op is not None and op.x.op.op_type == "const" and op.x.rank == 2:
+                embedding_consts[op.x.op.name] = int8
+    return cto.OptimizationConfig(global_config=int4, op_name_configs=embedding_consts)
+
+
+def quantize_weights(mlmodel, scheme: str):
+    """The model with its weights quantized per `scheme` (unchanged for fp16 / fp32)."""
+    config = quantization_config(scheme, getattr(mlmodel, "_mil_program", None))
+    if config is None:
+        return mlmodel
+    import coremltools.optimize.coreml as cto
+
+    return cto.linear_quantize_weights(mlmodel, config)
+
+
+# --- the I/O contract -------------------------------------------------------------------
+
+
+def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
+    """What apps rely on: names, dtypes and shapes (symbolic dims as strings)."""
+    cache_shape = [spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim]
+    logits_dtype = "float32" if scheme == "fp32" else "float16"
+    return {
+        "inputs": [
+            {"name": INPUT_IDS, "dtype": "int32", "shape": [1, "T"]},
+            {"name": CAUSAL_MASK, "dtype": "float16", "shape": [1, 1, "T", "past+T"],
+             "semantics": "additive (0 = attend, -65504 = masked); positions are past..past+T-1, "
+                          "read from the shape"},
+        ],
+        "outputs": [{"name": LOGITS, "dtype": logits_dtype, "shape": [1, "T", spec.vocab_size]}],
+        "states": [
+            {"name": KEY_CACHE, "dtype": "float16", "shape": cache_shape},
+            {"name": VALUE_CACHE, "dtype": "float16", "shape": cache_shape},
+        ],
+        "dims": {"T": {"min": 1, "max": max_seq_len}, "past+T": {"min": 1, "max": max_seq_len}},
+        "kv_cache": {
+            "kind": "Core ML states (slice_update at [past, past+T))",
+            "layers": spec.num_layers,
+            "kv_heads": spec.num_kv_heads,
+            "head_dim": spec.head_dim,
+            "max_seq_len": max_seq_len,
+            "shape": cache_shape,
+            "dtype": "float16",
+        },
+        "loader": "swift-transformers LanguageModelWithStatefulKVCache",
+    }
+
+
+def _array_dtype(array_type) -> str:
+    from coremltools.proto import FeatureTypes_pb2
+
+    return FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array_type.dataType).lower()
+
+
+def _ranges(array_type) -> list[tuple[int, int]] | None:
+    if array_type.WhichOneof("ShapeFlexibility") == "shapeRange":
+        return [(r.lowerBound, r.upperBound) for r in array_type.shapeRange.sizeRanges]
+    if array_type.WhichOneof("ShapeFlexibility") is None:
+        return [(d, d) for d in array_type.shape]
+    return None  # enumerated shapes: swift-transformers refuses them for a stateful model
+
+
+def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> dict:
+    """Check the saved package against the contract; raise ValidationFailed naming every
+    mismatch. `expected` (layers, kv_heads, head_dim, max_seq_len, vocab_size) tightens the
+    shape checks; without it they are checked for consistency among themselves."""
+    from mobilekit.runtime.coreml import load_program
+
+    path = Path(bundle_dir) / MODEL_FILE
+    if not path.exists():
+        raise BundleError(f"{path} does not exist; re-run the export")
+    if scheme not in COMPUTE_PRECISION:
+        raise ValidationFailed(f"unknown Core ML scheme {scheme!r}; expected one of {', '.join(COMPUTE_PRECISION)}")
+    program, spec_pb = load_program(path)
+    problems: list[str] = []
+    desc = spec_pb.description
+
+    if spec_pb.specificationVersion != SPEC_VERSION_IOS18:
+        problems.append(
+            f"specificationVersion is {spec_pb.specificationVersion}, expected {SPEC_VERSION_IOS18} "
+            f"(minimum deployment target {DEPLOYMENT_TARGET} / macOS15)"
+        )
+    if spec_pb.WhichOneof("Type") != "mlProgram":
+        problems.append(f"model type is {spec_pb.WhichOneof('Type')}, expected mlProgram")
+
+    def features(items):
+        return {f.name: f for f in items}
+
+    inputs, outputs, states = features(desc.input), features(desc.output), features(desc.state)
+    if list(inputs) != [INPUT_IDS, CAUSAL_MASK]:
+        problems.append(f"inputs are {list(inputs)}, expected [{INPUT_IDS!r}, {CAUSAL_MASK!r}]")
+    if list(outputs) != [LOGITS]:
+        problems.append(f"outputs are {list(outputs)}, expected [{LOGITS!r}]")
+    if sorted(states) != sorted([KEY_CACHE, VALUE_CACHE]):
+        problems.append(f"states are {list(states)}, expected [{KEY_CACHE!r}, {VALUE_CACHE!r}]")
+
+    found: dict = {"inputs": [], "outputs": [], "states": []}
+    state_shapes = []
+    for name in (KEY_CACHE, VALUE_CACHE):
+        if name not in states:
+            continue
+        arr = states[name].type.stateType.arrayType
+        shape, dtype = list(arr.shape), _array_dtype(arr)
+        found["states"].append({"name": name, "dtype": dtype, "shape": shape})
+        state_shapes.append(shape)
+        if dtype != "float16":
+            problems.append(f"state {name} is {dtype}, expected float16")
+        if len(shape) != 5 or shape[1] != 1:
+            problems.append(f"state {name} has shape {shape}, expected [layers, 1, kv_heads, max_seq_len, head_dim]")
+    if len(state_shapes) == 2 and state_shapes[0] != state_shapes[1]:
+        problems.append(f"keyCache {state_shapes[0]} and valueCache {state_shapes[1]} differ in shape")
+    cache_len = state_shapes[0][3] if state_shapes and len(state_shapes[0]) == 5 else None
+    if expected and state_shapes:
+        want = [expected["layers"], 1, expected["kv_heads"], expected["max_seq_len"], expected["head_dim"]]
+        if state_shapes[0] != want:
+            problems.append(f"state shape {state_shapes[0]} differs from the decoder's {want}")
+
+    def check_input(name, dtype_want, want_ranges):
+        if name not in inputs:
+            return
+        arr = inputs[name].type.multiArrayType
+        dtype, ranges = _array_dtype(arr), _ranges(arr)
+        found["inputs"].append({"name": name, "dtype": dtype, "ranges": ranges})
+        if dtype != dtype_want:
+            problems.append(f"input {name} is {dtype}, expected {dtype_want}")
+        if ranges is None:
+            problems.append(f"input {name} uses enumerated shapes; swift-transformers needs a RangeDim")
+        elif ranges != want_ranges:
+            problems.append(f"input {name} has shape ranges {ranges}, expected {want_ranges}")
+
+    if cache_len:
+        check_input(INPUT_IDS, "int32", [(1, 1), (1, cache_len)])
+        check_input(CAUSAL_MASK, "float16", [(1, 1), (1, 1), (1, cache_len), (1, cache_len)])
+
+    logits_want = "float32" if scheme == "fp32" else "float16"
+    if LOGITS in outputs:
+        dtype = _array_dtype(outputs[LOGITS].type.multiArrayType)
+        out_var = program.functions["main"].outputs[0]
+        shape = [d if isinstance(d, int) else "T" for d in out_var.shape]
+        found["outputs"].append({"name": LOGITS, "dtype": dtype, "shape": shape})
+        if dtype != logits_want:
+            problems.append(f"output {LOGITS} is {dtype}, expected {logits_want}")
+        if len(shape) != 3 or shape[0] != 1:
+            problems.append(f"output {LOGITS} has shape {shape}, expected [1, T, vocab]")
+        elif expected and shape[2] != expected["vocab_size"]:
+            problems.append(f"output {LOGITS} has vocab {shape[2]}, expected {expected['vocab_size']}")
+
+    weights = _weight_storage(program)
+    if scheme in QUANTIZED_DTYPE:
+        want = QUANTIZED_DTYPE[scheme]
+        if weights["quantized"].get(want, 0) == 0:
+            problems.append(f"scheme {scheme} but no constexpr_blockwise_shift_scale op stores {want} weights")
+        for name, count in weights["linear_weights_unquantized_large"].items():
+            problems.append(f"linear weight {name} ({count} elements) is not quantized")
+        if scheme == "int4" and weights["int4_block_sizes"] - {INT4_BLOCK_SIZE}:
+            problems.append(f"int4 block sizes {sorted(weights['int4_block_sizes'])}, expected {INT4_BLOCK_SIZE}")
+    elif weights["constexpr_ops"]:
+        problems.append(f"scheme {scheme} should store plain weights but has {weights['constexpr_ops']}")
+    fp_want = "fp32" if scheme == "fp32" else "fp16"
+    wrong_fp = {k: v for k, v in weights["float"].items() if k != fp_want}
+    if wrong_fp:
+        problems.append(f"scheme {scheme} stores float weights as {wrong_fp}, expected {fp_want} only")
+
+    if problems:
+        raise ValidationFailed(f"{path} breaks the Core ML contract:\n  - " + "\n  - ".join(problems))
+    return {
+        "ok": True,
+        "specification_version": spec_pb.specificationVersion,
+        "deployment_target": f"{DEPLOYMENT_TARGET} / macOS15",
+        **found,
+        "weights": {
+            "quantized": weights["quantized"],
+            "float": weights["float"],
+            "constexpr_ops": weights["constexpr_ops"],
+            "int4_block_sizes": sorted(weights["int4_block_sizes"]),
+        },
+        "mil_op_types": mil_op_types(program),
+    }
+
+
+def _weight_storage(program) -> dict:
+    """How the program stores its weights: quantized counts by dtype, float consts, and
+    linear weights above the threshold that were left unquantized."""
+    from coremltools.converters.mil.mil import types
+
+    quantized: dict[str, int] = {}
+    floats: dict[str, int] = {}
+    constexpr: dict[str, int] = {}
+    block_sizes: set[int] = set()
+    unquantized = {}
+    for op in program.functions["main"].operations:
+        if op.op_type.startswith("constexpr_"):
+            constexpr[op.op_type] = constexpr.get(op.op_type, 0) + 1
+            data = op.inputs.get("data")
+            if data is not None:
+                name = types.builtin_to_string(data.dtype)
+                quantized[name] = quantized.get(name, 0) + 1
+                scale = op.inputs.get("scale")
+                if name == "int4" and scale is not None and data.rank == 2 and scale.shape[1]:
+                    block_sizes.add(data.shape[1] // scale.shape[1])
+        elif op.op_type == "const" and op.outputs[0].rank >= 1 and types.is_float(op.outputs[0].dtype):
+            name = types.builtin_to_string(op.outputs[0].dtype)
+            if any(not c.op_type.startswith("constexpr_") for c in op.outputs[0].child_ops):
+                floats[name] = floats.get(name, 0) + 1
+        if op.op_type == "linear":
+            w = op.weight
+            if w.op is not None and w.op.op_type == "const" and math.prod(w.shape) > QUANTIZE_WEIGHT_THRESHOLD:
+                unquantized[w.op.name] = math.prod(w.shape)
+    return {"quantized": quantized, "float": floats, "constexpr_ops": constexpr,
+            "int4_block_sizes": block_sizes, "linear_weights_unquantized_large": unquantized}
+
+
+def mil_op_types(program) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in program.functions["main"].operations:
+        counts[op.op_type] = counts.get(op.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# --- the target -------------------------------------------------------------------------
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    schemes = ("fp16", "fp32", "int8", "int4")
+    default_scheme = "fp16"
+    runtime = "Core ML (swift-transformers LanguageModelWithStatefulKVCache)"
+
+    def check_available(self) -> None:
+        _coremltools()
+
+    def runtime_versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {p: version(p) for p in ("coremltools", "torch")}
+
+    def export(self, request: ExportRequest) -> Artefact:
+        ct = _coremltools()
+        import numpy as np
+        from torch.export import Dim
+
+        from mobilekit.runtime.coreml import identity_weights, map_weights
+
+        self.check_scheme(request.scheme)
+        seq = request.max_seq_len
+        if seq < 8:
+            raise ExportError(f"max_seq_len {seq} is too small for the Core ML target; use at least 8")
+        spec = request.decoder.spec
+        fp16 = COMPUTE_PRECISION[request.scheme] == "float16"
+        module = CoreMLDecoder(request.decoder, seq).eval().requires_grad_(False)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        request.progress("torch.export")
+        # Export keeps T and past+T below the cache length: at == max_seq_len torch
+        # specializes `cache[..., :end]` into a full view (guard `end != max_seq_len`). The
+        # graph is the same slice for any end, so the Core ML inputs declare 1..max_seq_len.
+        t_dim = Dim("T", min=1, max=seq - 1)
+        end_dim = Dim("end", min=1, max=seq - 1)
+        example = (torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 5))
+        try:
+            with torch.no_grad(), fp16_safe_norms(request.decoder, enabled=fp16):
+                program = torch.export.export(
+                    module, example, dynamic_shapes=({1: t_dim}, {2: t_dim, 3: end_dim}), strict=False
+                )
+        except ExportError:
+            raise
+        except Exception as e:
+            raise ExportError(f"torch.export of the Core ML decoder failed: {e}") from e
+        timings["torch_export_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        request.progress("decompositions")
+        program = program.run_decompositions({})
+        timings["decompose_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        request.progress(f"coremltools.convert ({COMPUTE_PRECISION[request.scheme]} compute)")
+        cache_shape = tuple(getattr(module, KEY_CACHE).shape)
+        try:
+            mlmodel = ct.convert(
+                program,
+                minimum_deployment_target=ct.target.iOS18,
+                convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
+                inputs=[
+                    ct.TensorType(name=INPUT_IDS, shape=(1, ct.RangeDim(1, seq, default=1)), dtype=np.int32),
+                    ct.TensorType(
+                        name=CAUSAL_MASK,
+                        shape=(1, 1, ct.RangeDim(1, seq, default=1), ct.RangeDim(1, seq, default=1)),
+                        dtype=np.float16,
+                    ),
+                ],
+                outputs=[ct.TensorType(name=LOGITS, dtype=np.float16 if fp16 else np.float32)],
+                states=[
+                    ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape, dtype=np.float16), name=KEY_CACHE),
+                    ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape, dtype=np.float16), name=VALUE_CACHE),
+                ],
+                # Core ML cannot compile on Linux; on macOS sessions load the saved package.
+                skip_model_load=True,
+            )
+        except Exception as e:
+            raise ExportError(f"coremltools.convert failed: {type(e).__name__}: {e}") from e
+        timings["convert_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if request.scheme in QUANTIZED_DTYPE:
+            request.progress(f"quantizing weights ({request.scheme})")
+            try:
+                mlmodel = quantize_weights(mlmodel, request.scheme)
+            except Exception as e:
+                raise ExportError(f"coremltools weight quantization ({request.scheme}) failed: {e}") from e
+        timings["quantize_s"] = time.perf_counter() - t0
+
+        # Weights the converter folded away (a norm weight of exactly 1 makes its mul a
+        # no-op) cannot be read back; record them, after checking that they are all ones.
+        mil_program = mlmodel._mil_program
+        _, missing = map_weights(mil_program, request.decoder)
+        identity = identity_weights(request.decoder, missing)
+
+        t0 = time.perf_counter()
+        request.progress("saving model.mlpackage")
+        mlmodel.short_description = f"mobilekit {request.scheme} decoder, stateful KV cache of {seq} tokens"
+        mlmodel.user_defined_metadata[METADATA_SCHEME] = request.scheme
+        mlmodel.user_defined_metadata[METADATA_MAX_SEQ_LEN] = str(seq)
+        mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
+        path = request.out_dir / MODEL_FILE
+        shutil.rmtree(path, ignore_errors=True)
+        mlmodel.save(str(path))
+        timings["save_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        request.progress("checking the saved package")
+        expected = {"layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
+                    "max_seq_len": seq, "vocab_size": spec.vocab_size}
+        try:
+            spec_check = check_spec(request.out_dir, request.scheme, expected)
+        except ValidationFailed as e:
+            raise ExportError(f"the converted model breaks the contract: {e}") from e
+        timings["spec_check_s"] = time.perf_counter() - t0
+
+        return Artefact(
+            files=[MODEL_FILE],
+            io=io_contract(spec, seq, request.scheme),
+            extra={
+                "timings": timings,
+                "deployment_target": f"{DEPLOYMENT_TARGET} / macOS15",
+                "specification_version": SPEC_VERSION_IOS18,
+                "compute_precision": COMPUTE_PRECISION[request.scheme],
+                "recommended_compute_units": COMPUTE_UNITS[request.scheme],
+                "mil_op_types": spec_check.pop("mil_op_types"),
+                "identity_weights": identity,
+                "fp16_safe_rms_norm": fp16,
+                "size_bytes": _dir_size(path),
+                "spec_check": spec_check,
+            },
+        )
+
+    def open_session(self, bundle_dir: Path, manifest: dict):
+        """macOS: the real MLModel with its state. Elsewhere: the package's weights read back
+        into the mobilekit decoder (an EagerSession); Core ML itself cannot run there."""
+        from mobilekit.runtime import coreml as rt
+
+        _coremltools()
+        path = Path(bundle_dir) / MODEL_FILE
+        if not path.exists():
+            raise BundleError(f"{path} does not exist; re-run the export")
+        if sys.platform == "darwin":
+            return rt.CoreMLSession(path, int(manifest["max_seq_len"]), rt.compute_units_from_manifest(manifest))
+        return rt.roundtrip_session(path, rt.spec_from_manifest(manifest), int(manifest["max_seq_len"]))
+
+    def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
+                 on_text: Callable[[str], None]) -> GenerationResult:
+        if sys.platform != "darwin":
+            raise TargetUnavailable(
+                "Core ML models execute only on macOS/iOS, so `generate` cannot run here. On Linux, "
+                "`mobilekit validate` checks a Core ML bundle by its spec and by reading its weights "
+                "back into the reference decoder."
+            )
+        from mobilekit.runtime.coreml import coreml_generate
+
+        _coremltools()
+        return coreml_generate(Path(bundle_dir), manifest, prompt, max_new_tokens, on_text)
+
+
+TARGET = CoreMLTarget()
