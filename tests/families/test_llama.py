@@ -58,3 +58,13 @@ def test_llama3_scaling_changes_frequencies():
     a, b = rotary_inv_freq(plain), rotary_inv_freq(scaled)
     assert torch.equal(a[:1], b[:1])  # the highest frequency (wavelength 2π) is kept
     torch.testing.assert_close(b[-1], a[-1] / 8)  # low frequencies divided by factor
+
+
+def test_sliding_window_longer_than_context_is_refused(tmp_path):
+    from mobilekit import pipeline
+    from mobilekit.errors import ExportError
+
+    folder = make_tiny_checkpoint(tmp_path / "swa", {**CONFIGS["mistral"], "sliding_window": 64})
+    with pytest.raises(ExportError, match="sliding window of 64 tokens.*--max-seq-len 64 or less"):
+        pipeline.make_context(None, str(folder), 128)
+    assert pipeline.make_context(None, str(folder), 64).max_seq_len == 64
