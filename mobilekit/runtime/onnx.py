@@ -1,0 +1,116 @@
+"""ONNX from Python: a plain ONNX Runtime Session (past/present loop) for validation, and
+ONNX Runtime GenAI (the runtime apps embed) for generation and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mobilekit.runtime import Session
+from mobilekit.targets import GenerationResult
+
+GENAI = "ONNX Runtime GenAI"
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def threads() -> int:
+    return int(os.environ.get("MOBILEKIT_THREADS", os.cpu_count() or 1))
+
+
+class OnnxSession(Session):
+    """The exported model under plain ONNX Runtime (CPU): input_ids, attention_mask and
+    position_ids for the new tokens, each present fed back as the next past."""
+
+    runtime = "ONNX Runtime (CPU)"
+
+    def __init__(self, model: Path, max_seq_len: int):
+        super().__init__(max_seq_len)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._past_inputs = [i for i in self._session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        # present.{i}.key -> past_key_values.{i}.key
+        self._feeds_back = {o: "past_key_values." + o[len("present."):] for o in self._output_names if o.startswith("present.")}
+        self._past: dict[str, np.ndarray] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self._past = {
+            i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=_NUMPY_TYPES[i.type]) for i in self._past_inputs
+        }
+
+    def _run(self, tokens):
+        if self.position == 0:
+            self.reset()
+        start, t = self.position, len(tokens)
+        feeds = {
+            "input_ids": np.array([tokens], dtype=np.int64),
+            "attention_mask": np.ones((1, start + t), dtype=np.int64),
+            "position_ids": np.arange(start, start + t, dtype=np.int64)[None],
+            **self._past,
+        }
+        outputs = dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
+        self._past = {past: outputs[present] for present, past in self._feeds_back.items()}
+        return outputs["logits"][0, -1].astype(np.float32)
+
+
+def genai_generate(bundle_dir: Path, prompt: str, max_new_tokens: int,
+                   on_text: Callable[[str], None]) -> GenerationResult:
+    """Greedy generation through onnxruntime_genai on the bundle folder as apps load it,
+    streaming text through the GenAI tokenizer's stream decoder."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(bundle_dir))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads()}}}}))
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+    stream = tokenizer.create_stream()
+    prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
+    declared = json.loads((bundle_dir / "genai_config.json").read_text())["model"]
+    context = declared["context_length"]
+    eos = set(declared["eos_token_id"] if isinstance(declared["eos_token_id"], list) else [declared["eos_token_id"]])
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=min(len(prompt_ids) + max_new_tokens, context))
+    generator = og.Generator(model, params)
+
+    pieces: list[str] = []
+    tokens: list[int] = []
+    start = time.perf_counter()
+    generator.append_tokens(prompt_ids)  # runs the prompt through the model (prefill)
+    prefill_end = time.perf_counter()
+    first_token = prefill_end
+    while not generator.is_done() and len(tokens) < max_new_tokens:
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        if not tokens:
+            first_token = time.perf_counter()
+        tokens.append(token)
+        if token in eos:  # GenAI stops here too; the stop token's text is not streamed
+            break
+        text = stream.decode(token)
+        if text:
+            pieces.append(text)
+            on_text(text)
+    end = time.perf_counter()
+    # The first token comes out of prefill; the decode steps are the tokens after it.
+    decode_s = max(end - first_token, 1e-9)
+    return GenerationResult(
+        text="".join(pieces),
+        token_ids=tokens,
+        prompt_tokens=len(prompt_ids),
+        time_to_first_token_s=first_token - start,
+        prefill_tokens_per_s=len(prompt_ids) / max(prefill_end - start, 1e-9),
+        decode_tokens_per_s=max(len(tokens) - 1, 0) / decode_s,
+        runtime=GENAI,
+    )
