@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from mobilekit.runtime import Session

@@ -15,10 +15,8 @@ from mobilekit.errors import BundleError, SchemeNotSupported, TargetUnavailable,
 from mobilekit.runtime import Session
 from mobilekit.targets import ExportRequest, get
 
-pytest.importorskip("coremltools")
-
-from mobilekit.runtime import coreml as rt  # noqa: E402
-from mobilekit.targets import coreml as cm  # noqa: E402
+from mobilekit.runtime import coreml as rt
+from mobilekit.targets import coreml as cm
 
 SCHEMES = get("coreml").schemes
 MAX_SEQ_LEN = 64
@@ -301,51 +299,3 @@ def test_coreml_generate(bundles):
                                     pieces.append)
     assert result.token_ids and result.text == "".join(pieces)
     assert result.runtime == rt.COREML_RUNTIME and result.decode_tokens_per_s > 0
-
-
-# --- SmolLM2-135M (slow) ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    return pipeline.make_context(None, "embedded", 512), tmp_path_factory.mktemp("coreml-smollm2")
-
-
-def _report(name, result):
-    extra, validation = result.manifest["export"], result.manifest["validation"]
-    print(f"\n[{name}] timings (s): " + json.dumps({k: round(v, 2) for k, v in extra["timings"].items()}))
-    print(f"[{name}] model.mlpackage bytes: {extra['size_bytes']}")
-    print(f"[{name}] stage2 ({validation['stage2']['runtime']}): " + json.dumps(validation["stage2"]["metrics"]))
-    print(f"[{name}] stage2 misses: {validation['stage2']['misses']}")
-
-
-@pytest.mark.slow
-def test_smollm2_int4(smollm2):
-    context, root = smollm2
-    result = pipeline.export(context, pipeline.ExportOptions(target="coreml", scheme="int4",
-                                                             output=root / "int4", keep_failed=True))
-    _report("SmolLM2 int4", result)
-    check = cm.check_spec(result.path, "int4")
-    assert check["weights"]["int4_block_sizes"] == [32]
-    assert result.manifest["export"]["size_bytes"] < 100e6
-    stage2 = result.manifest["validation"]["stage2"]
-    assert stage2["budget"] == quantize.INT4_BUDGET.as_dict()
-    assert stage2["passed"], stage2["misses"]
-
-
-@pytest.mark.slow
-def test_smollm2_fp16(smollm2):
-    from mobilekit import validate
-
-    context, root = smollm2
-    result = pipeline.export(context, pipeline.ExportOptions(target="coreml", scheme="fp16",
-                                                             output=root / "fp16", keep_failed=True))
-    _report("SmolLM2 fp16", result)
-    assert result.manifest["validation"]["stage2"]["passed"], result.manifest["validation"]["stage2"]["misses"]
-    # The converted module in fp16 (torch's kernels standing in for Core ML's): with the
-    # fp16-safe norms the fp16 compute stays within the fp16 budget.
-    session = rt.WrapperSession(context.checkpoint.build_decoder(), context.max_seq_len, torch.float16)
-    metrics = validate.measure(session, context.reference(lambda _m: None))
-    print("[SmolLM2 fp16] wrapper in torch fp16: " + json.dumps(
-        {k: v for k, v in vars(metrics).items() if k != "greedy_tokens"}))
-    assert not validate.check(metrics, quantize.FP16_BUDGET)

@@ -14,8 +14,6 @@ from mobilekit import checkpoint, quantize, validate
 from mobilekit.errors import SchemeNotSupported
 from mobilekit.targets import ExportRequest, get
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_genai")
 
 SEQ = 128
 TARGET = get("onnx")
@@ -232,35 +230,3 @@ def test_runtime_versions():
 
 
 # --- the real SmolLM2-135M-Instruct -----------------------------------------------------
-
-FRANCE = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    ckpt = checkpoint.resolve("embedded")
-    root = tmp_path_factory.mktemp("onnx-smollm2")
-    return ckpt, {scheme: export_bundle(ckpt, scheme, root / scheme, 512)[0] for scheme in ("fp32", "int4")}
-
-
-@pytest.mark.slow
-def test_smollm2_genai_fp32_equals_reference_and_stops(smollm2):
-    ckpt, folders = smollm2
-    result = TARGET.generate(folders["fp32"], {}, FRANCE, 32, lambda _t: None)
-    tokenizer = ckpt.load_tokenizer()
-    ids = tokenizer(FRANCE, add_special_tokens=False)["input_ids"]
-    out = ckpt.load_reference().generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                         max_new_tokens=32, do_sample=False, eos_token_id=2, pad_token_id=2)
-    assert result.token_ids == out[0, len(ids):].tolist()
-    assert result.token_ids[-1] == 2 and result.text == "The capital of France is Paris."
-
-
-@pytest.mark.slow
-def test_smollm2_int4_within_budget_and_small(smollm2):
-    ckpt, folders = smollm2
-    reference = validate.compute_reference(ckpt.load_reference(), ckpt.load_tokenizer(), 512)
-    metrics = validate.measure(TARGET.open_session(folders["int4"], {"max_seq_len": 512}), reference)
-    assert validate.check(metrics, quantize.budget_for("int4")) == []
-    assert (folders["int4"] / "model.onnx.data").stat().st_size < 90_000_000  # embedding read from the int4 head
-    result = TARGET.generate(folders["int4"], {}, FRANCE, 24, lambda _t: None)
-    assert "Paris" in result.text
