@@ -59,6 +59,7 @@ class Target:
     schemes: tuple[str, ...] = ()
     default_scheme: str = ""
     runtime: str = ""  # the runtime apps use, named in the manifest and in generate's output
+    packages: tuple[str, ...] = ()  # whose versions the manifest records
 
     def check_available(self) -> None:
         """Raise TargetUnavailable if the converter or runtime is missing."""
@@ -73,7 +74,15 @@ class Target:
         raise NotImplementedError
 
     def runtime_versions(self) -> dict[str, str]:
-        raise NotImplementedError
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = {}
+        for package in self.packages:
+            try:
+                versions[package] = version(package)
+            except PackageNotFoundError:
+                versions[package] = "not installed"
+        return versions
 
     def open_session(self, bundle_dir: Path, manifest: dict):
         """A runtime.Session over the artefact, for stage-2 validation."""

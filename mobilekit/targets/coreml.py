@@ -424,14 +424,10 @@ class CoreMLTarget(Target):
     schemes = ("fp16", "fp32", "int8", "int4")
     default_scheme = "fp16"
     runtime = "Core ML (swift-transformers LanguageModelWithStatefulKVCache)"
+    packages = ("coremltools", "torch")
 
     def check_available(self) -> None:
         _coremltools()
-
-    def runtime_versions(self) -> dict[str, str]:
-        from importlib.metadata import version
-
-        return {p: version(p) for p in ("coremltools", "torch")}
 
     def export(self, request: ExportRequest) -> Artefact:
         ct = _coremltools()

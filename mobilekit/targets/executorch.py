@@ -169,14 +169,10 @@ class ExecuTorchTarget(Target):
     schemes = ("fp32", "int8", "int4")
     default_scheme = "int4"
     runtime = "ExecuTorch TextLLMRunner"
+    packages = ("executorch", "torch", "torchao")
 
     def check_available(self) -> None:
         _load_custom_ops()
-
-    def runtime_versions(self) -> dict[str, str]:
-        from importlib.metadata import version
-
-        return {p: version(p) for p in ("executorch", "torch", "torchao")}
 
     def export(self, request: ExportRequest) -> Artefact:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

@@ -643,20 +643,10 @@ class OnnxTarget(Target):
     schemes = ("fp32", "fp16", "int8", "int4")
     default_scheme = "int4"
     runtime = "ONNX Runtime GenAI"
+    packages = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "torch")
 
     def check_available(self) -> None:
         require_onnx(genai=True)
-
-    def runtime_versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = {}
-        for package in ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "torch"):
-            try:
-                out[package] = version(package)
-            except PackageNotFoundError:
-                out[package] = "not installed"
-        return out
 
     def export(self, request: ExportRequest) -> Artefact:
         self.check_scheme(request.scheme)
