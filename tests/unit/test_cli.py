@@ -119,3 +119,21 @@ def test_recipe_and_checkpoint_family_must_agree(tiny_llama_dir, tmp_path):
 
     manifest = json.loads((tmp_path / "b" / "mobilekit.json").read_text())
     assert manifest["checkpoint"]["kind"] == "local" and manifest["validation"]["performed"] is False
+
+
+def test_export_all_targets_writes_three_bundles(tiny_llama_dir, tmp_path):
+    result = run("export", "--checkpoint", str(tiny_llama_dir), "--target", "all", "--quant", "fp32",
+                 "--max-seq-len", "64", "--output", str(tmp_path / "all"), "--no-validate")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["coreml", "executorch", "onnx"]
+    assert (tmp_path / "all" / "onnx" / "genai_config.json").is_file()
+    assert (tmp_path / "all" / "coreml" / "model.mlpackage").is_dir()
+    assert (tmp_path / "all" / "executorch" / "model.pte").is_file()
+
+
+def test_quant_a_target_lacks_fails_before_any_work(tiny_llama_dir, tmp_path):
+    result = run("export", "--checkpoint", str(tiny_llama_dir), "--target", "all", "--quant", "fp16",
+                 "--output", str(tmp_path / "all"))
+    assert result.exit_code == 1
+    assert "target executorch does not offer quant scheme 'fp16'. It offers: fp32, int8, int4" in result.output
+    assert not (tmp_path / "all").exists()
