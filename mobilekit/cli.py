@@ -111,10 +111,27 @@ def info(recipe_id):
         "max_seq_len": str(recipe.max_seq_len),
         "default quant": ", ".join(f"{t}={support_cell(recipe, targets.get(t))}" for t in targets.names()),
     }
+    rows.update(_resolved_sizes(recipe))
     if recipe.notes:
         rows["notes"] = recipe.notes
     for key, value in rows.items():
         click.echo(f"{key:>15}: {value}")
+
+
+def _resolved_sizes(recipe) -> dict[str, str]:
+    """Layer sizes from the checkpoint's config (never downloads weights)."""
+    from mobilekit.checkpoint import resolve_spec
+    from mobilekit.errors import CheckpointError
+
+    try:
+        spec = resolve_spec(recipe.checkpoint_source)
+    except CheckpointError as e:
+        return {"sizes": f"unknown until the checkpoint is available ({str(e).split('(')[0].strip()})"}
+    return {
+        "sizes": f"{spec.num_parameters / 1e6:.1f}M parameters, {spec.num_layers} layers, hidden {spec.hidden_size}, "
+                 f"heads {spec.num_heads}/{spec.num_kv_heads} (q/kv), head_dim {spec.head_dim}, "
+                 f"vocab {spec.vocab_size}, context {spec.max_position_embeddings}",
+    }
 
 
 @main.command()

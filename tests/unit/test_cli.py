@@ -23,6 +23,7 @@ def test_info_resolves_a_recipe():
     assert result.exit_code == 0
     assert "HuggingFaceTB/SmolLM2-135M-Instruct@12fd25f" in result.output
     assert "embedded" in result.output and "executorch=int4" in result.output
+    assert "134.5M parameters, 30 layers, hidden 576" in result.output
 
 
 @pytest.mark.parametrize(
