@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +42,33 @@ class ExecuTorchSession(Session):
         return logits.float().numpy()[0]
 
 
+@contextlib.contextmanager
+def _python_only_stdout():
+    """The C++ runner prints every token and a stats line to the process's stdout itself,
+    on top of calling our callback; send its writes to /dev/null while Python's sys.stdout
+    keeps the real terminal, so text is shown once, by the caller."""
+    sys.stdout.flush()
+    python_stdout = sys.stdout
+    try:
+        on_fd1 = python_stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # already redirected in Python (e.g. tests)
+        on_fd1 = False
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        if on_fd1:
+            sys.stdout = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True)
+        yield
+    finally:
+        if on_fd1:
+            sys.stdout.close()
+            sys.stdout = python_stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int,
                     on_text: Callable[[str], None], add_bos: bool) -> GenerationResult:
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
@@ -56,7 +86,8 @@ def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int
         stats.update(json.loads(s.to_json_string()))
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, echo=False, num_bos=int(add_bos))
-    runner.generate(prompt, config, on_token, on_stats)
+    with _python_only_stdout():
+        runner.generate(prompt, config, on_token, on_stats)
     start = stats["inference_start_ms"]
     prefill_ms = max(stats["prompt_eval_end_ms"] - start, 1e-3)
     decode_ms = max(stats["inference_end_ms"] - stats["prompt_eval_end_ms"], 1e-3)

@@ -92,6 +92,7 @@ def test_cli_validate_and_generate(bundles, tmp_path):
     result = CliRunner().invoke(main, ["generate", str(copy), "Rivers carry", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
     assert "ExecuTorch TextLLMRunner" in result.output
+    assert "PyTorchObserver" not in result.output  # the runner's own stdout is silenced
 
     (copy / "tokenizer.json").write_text("{}")
     result = CliRunner().invoke(main, ["validate", str(copy)])
