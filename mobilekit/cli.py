@@ -204,6 +204,9 @@ def _print_validation(validation: dict) -> None:
             "[green]pass[/green]" if rec["passed"] else "[red]FAIL[/red]",
         )
     Console().print(table)
+    app = validation["stage2"].get("app_runtime")
+    if app:
+        click.echo(f"stage2 through the app runtime ({app['runtime']}): greedy match {app['greedy_match']:.1%}")
     for stage in ("stage1", "stage2"):
         for miss in validation[stage]["misses"]:
             click.secho(f"  {stage}: {miss}", fg="red")

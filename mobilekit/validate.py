@@ -198,3 +198,24 @@ def stage_record(metrics: Metrics, budget: Budget, runtime: str) -> dict:
         "passed": not misses,
         "misses": misses,
     }
+
+
+def app_runtime_check(target, bundle_dir, reference: Reference, budget: Budget) -> dict | None:
+    """Greedy continuations through the target's app runtime (e.g. ONNX Runtime GenAI, which
+    runs its own cache and search), compared with the reference's; None if the target has
+    no separate app runtime to check."""
+    produced, matches = {}, []
+    for name, prompt in reference.prompts.items():
+        expected = reference.greedy[name]
+        tokens = target.app_runtime_greedy(bundle_dir, prompt, len(expected))
+        if tokens is None:
+            return None
+        produced[name] = {"reference": expected, "artefact": tokens}
+        matches.append(_common_prefix(expected, tokens) / max(len(expected), 1))
+    match = float(min(matches)) if matches else 1.0
+    misses = []
+    if budget.min_greedy_match is not None and match < budget.min_greedy_match:
+        misses.append(f"app-runtime greedy_match = {match:.4g} is below its budget "
+                      f"{budget.min_greedy_match:.4g} by {budget.min_greedy_match - match:.4g}")
+    return {"runtime": target.runtime, "greedy_match": match, "greedy_tokens": produced,
+            "passed": not misses, "misses": misses}

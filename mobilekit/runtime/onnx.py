@@ -64,6 +64,23 @@ class OnnxSession(Session):
         return outputs["logits"][0, -1].astype(np.float32)
 
 
+def genai_greedy(bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy token ids from onnxruntime_genai on the bundle folder (token level, for
+    validation: the app runtime's own cache handling and search, no tokenizer involved)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(bundle_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt_ids) + max_new_tokens)
+    generator = og.Generator(model, params)
+    generator.append_tokens(list(prompt_ids))
+    tokens: list[int] = []
+    while not generator.is_done() and len(tokens) < max_new_tokens:
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
 def genai_generate(bundle_dir: Path, prompt: str, max_new_tokens: int,
                    on_text: Callable[[str], None]) -> GenerationResult:
     """Greedy generation through onnxruntime_genai on the bundle folder as apps load it,

@@ -93,6 +93,11 @@ class Target:
         """Generate through the runtime apps use; `prompt` is already chat-formatted."""
         raise NotImplementedError
 
+    def app_runtime_greedy(self, bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int] | None:
+        """Greedy token ids through the app runtime, when it differs from the validation
+        Session's runtime and accepts token ids; None = nothing more to check."""
+        return None
+
 
 def names() -> list[str]:
     return sorted(TARGET_MODULES)

@@ -673,6 +673,12 @@ class OnnxTarget(Target):
         require_onnx()
         return OnnxSession(Path(bundle_dir) / MODEL_FILE, manifest["max_seq_len"])
 
+    def app_runtime_greedy(self, bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        from mobilekit.runtime.onnx import genai_greedy
+
+        require_onnx(genai=True)
+        return genai_greedy(bundle_dir, prompt_ids, max_new_tokens)
+
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:
         from mobilekit.runtime.onnx import genai_generate

@@ -31,6 +31,7 @@ def test_onnx_fp32_genai_greedy_equals_reference(smollm2_bundle, smollm2_context
         max_new_tokens=32, do_sample=False, eos_token_id=result.manifest["eos_ids"], pad_token_id=2)
     assert generated.token_ids == out[0, len(ids):].tolist()
     assert generated.token_ids[-1] in result.manifest["eos_ids"]  # stopped on <|im_end|>
+    assert result.manifest["validation"]["stage2"]["app_runtime"]["greedy_match"] == 1.0
 
 
 def test_coreml_int4_passes_spec_and_round_trip(smollm2_bundle):

@@ -230,3 +230,13 @@ def test_runtime_versions():
 
 
 # --- the real SmolLM2-135M-Instruct -----------------------------------------------------
+
+
+def test_pipeline_validates_through_genai_too(tiny_llama_dir, tmp_path):
+    from mobilekit import pipeline
+
+    context = pipeline.make_context(None, str(tiny_llama_dir), SEQ)
+    result = pipeline.export(context, pipeline.ExportOptions(target="onnx", scheme="fp32", output=tmp_path / "b"))
+    app = result.manifest["validation"]["stage2"]["app_runtime"]
+    assert app["runtime"] == "ONNX Runtime GenAI" and app["passed"]
+    assert app["greedy_match"] == 1.0 and set(app["greedy_tokens"]) == {"chat0", "chat1", "text0"}
