@@ -29,6 +29,17 @@ TINY_LLAMA = {
     "hidden_act": "silu",
 }
 
+# Qwen2: q/k/v biases, no o_proj bias, tied embeddings, rope theta 1e6.
+TINY_QWEN2 = {
+    **TINY_LLAMA,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+}
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"

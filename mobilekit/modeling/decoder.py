@@ -85,10 +85,10 @@ class Attention(nn.Module):
         super().__init__()
         d, hd = spec.hidden_size, spec.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, hd
-        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=spec.attention_bias)
-        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.attention_bias)
-        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.attention_bias)
-        self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=spec.attention_bias)
+        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=spec.output_bias)
         self.rotary = Rotary()
 
     def forward(self, layer_index, x, cos, sin, attend: Attend):

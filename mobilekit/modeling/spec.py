@@ -38,7 +38,8 @@ class DecoderSpec:
     activation: str = "silu"
     rope_theta: float = 10000.0
     rope_scaling: Llama3RopeScaling | None = None
-    attention_bias: bool = False
+    qkv_bias: bool = False  # biases on q/k/v projections (Llama attention_bias, Qwen2)
+    output_bias: bool = False  # bias on the attention output projection (Llama attention_bias)
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     # Mistral-style sliding window; None = full attention. The decoder keeps a full-length
@@ -66,6 +67,7 @@ class DecoderSpec:
     def num_parameters(self) -> int:
         d, hd, inter = self.hidden_size, self.head_dim, self.intermediate_size
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+        attn += hd * (self.num_heads + 2 * self.num_kv_heads) * self.qkv_bias + d * self.output_bias
         mlp = 3 * d * inter
         per_layer = attn + mlp + 2 * d
         embed = self.vocab_size * d

@@ -1,0 +1,34 @@
+"""Qwen2 family: Qwen2ForCausalLM (ARCHITECTURES.md §4).
+
+A Llama with biases on q/k/v (not on o_proj or the MLP); weight names are Llama's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from mobilekit.errors import CheckpointError
+from mobilekit.families import Family
+from mobilekit.families import llama
+from mobilekit.modeling.spec import DecoderSpec
+
+
+def spec_from_config(config: Mapping) -> DecoderSpec:
+    # ref: transformers models/qwen2/configuration_qwen2.py — sliding_window is inert unless
+    # use_sliding_window is true; every published Qwen2 checkpoint has it false.
+    if config.get("use_sliding_window"):
+        raise CheckpointError(
+            "this Qwen2 checkpoint enables use_sliding_window, which mobilekit does not implement"
+        )
+    base = llama.spec_from_config({**config, "sliding_window": None, "attention_bias": False})
+    return dataclasses.replace(base, qkv_bias=True, output_bias=False)
+
+
+FAMILY = Family(
+    name="qwen2",
+    architectures=("Qwen2ForCausalLM",),
+    spec_from_config=spec_from_config,
+    convert_weights=llama.convert_weights,
+    hf_reference_class="AutoModelForCausalLM",
+)
