@@ -43,38 +43,51 @@ class ExecuTorchSession(Session):
 
 
 @contextlib.contextmanager
-def _python_only_stdout():
-    """The C++ runner prints every token and a stats line to the process's stdout itself,
-    on top of calling our callback; send its writes to /dev/null while Python's sys.stdout
-    keeps the real terminal, so text is shown once, by the caller."""
-    sys.stdout.flush()
-    python_stdout = sys.stdout
+def _native_output_silenced():
+    """The C++ runner prints every token and a stats line to the process's stdout, and its
+    progress log to stderr, on top of calling our callbacks. Point fds 1 and 2 elsewhere
+    while it runs (stderr kept in a temporary file and shown only if the run fails), and keep
+    Python's sys.stdout/sys.stderr on the real terminal, so text is shown once, cleanly."""
+    import tempfile
+
+    swapped = []
+    native_log = tempfile.TemporaryFile()
+    sinks = {1: os.open(os.devnull, os.O_WRONLY), 2: native_log.fileno()}
+    saved = {}
     try:
-        on_fd1 = python_stdout.fileno() == 1
-    except (AttributeError, OSError, ValueError):  # already redirected in Python (e.g. tests)
-        on_fd1 = False
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        if on_fd1:
-            sys.stdout = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            stream = getattr(sys, name)
+            stream.flush()
+            saved[fd] = os.dup(fd)
+            os.dup2(sinks[fd], fd)
+            try:
+                on_fd = stream.fileno() == fd
+            except (AttributeError, OSError, ValueError):  # already redirected in Python (tests)
+                on_fd = False
+            if on_fd:
+                setattr(sys, name, io.TextIOWrapper(os.fdopen(os.dup(saved[fd]), "wb", buffering=0),
+                                                    write_through=True))
+                swapped.append((name, stream))
         yield
+    except BaseException:
+        native_log.seek(0)
+        sys.stderr.write(native_log.read().decode(errors="replace"))
+        raise
     finally:
-        if on_fd1:
-            sys.stdout.close()
-            sys.stdout = python_stdout
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        for name, stream in swapped:
+            getattr(sys, name).close()
+            setattr(sys, name, stream)
+        for fd, original in saved.items():
+            os.dup2(original, fd)
+            os.close(original)
+        os.close(sinks[1])
+        native_log.close()
 
 
 def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int,
                     on_text: Callable[[str], None], add_bos: bool) -> GenerationResult:
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    _set_threads()
-    runner = TextLLMRunner(str(pte), str(tokenizer))
     pieces: list[str] = []
     stats: dict = {}
 
@@ -86,7 +99,9 @@ def runner_generate(pte: Path, tokenizer: Path, prompt: str, max_new_tokens: int
         stats.update(json.loads(s.to_json_string()))
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, echo=False, num_bos=int(add_bos))
-    with _python_only_stdout():
+    with _native_output_silenced():
+        _set_threads()
+        runner = TextLLMRunner(str(pte), str(tokenizer))
         runner.generate(prompt, config, on_token, on_stats)
     start = stats["inference_start_ms"]
     prefill_ms = max(stats["prompt_eval_end_ms"] - start, 1e-3)
