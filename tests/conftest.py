@@ -15,3 +15,20 @@ from mobilekit.tiny import TINY_LLAMA, make_tiny_checkpoint  # noqa: E402
 def tiny_llama_dir(tmp_path_factory):
     """A tiny random LlamaForCausalLM folder (GQA, untied head) with a real BPE tokenizer."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def export_every_scheme(tmp_path_factory):
+    """export_every_scheme(context, target) -> {scheme: ExportResult}, each through the
+    pipeline with validation (bundles kept even if a budget is missed, for the test to say)."""
+    from mobilekit import pipeline, targets
+
+    def export(context, target: str) -> dict:
+        root = tmp_path_factory.mktemp(target)
+        return {
+            scheme: pipeline.export(context, pipeline.ExportOptions(target=target, scheme=scheme,
+                                                                    output=root / scheme, keep_failed=True))
+            for scheme in targets.get(target).schemes
+        }
+
+    return export

@@ -30,13 +30,8 @@ def context(tiny_llama_dir):
 
 
 @pytest.fixture(scope="module")
-def bundles(context, tmp_path_factory):
-    root = tmp_path_factory.mktemp("coreml")
-    return {
-        scheme: pipeline.export(context, pipeline.ExportOptions(target="coreml", scheme=scheme,
-                                                                output=root / scheme, keep_failed=True))
-        for scheme in SCHEMES
-    }
+def bundles(context, export_every_scheme):
+    return export_every_scheme(context, "coreml")
 
 
 def _package(bundles, scheme):
