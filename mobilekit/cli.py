@@ -38,7 +38,8 @@ def _progress(description: str):
 
 
 class MobilekitGroup(click.Group):
-    """Turns MobilekitError into a one-line message and exit code 1 (2 for usage errors)."""
+    """Turns MobilekitError into a one-line message: exit 1, or 3 for a failed validation
+    (click itself exits 2 on usage errors)."""
 
     def invoke(self, ctx):
         try:
