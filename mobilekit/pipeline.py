@@ -88,12 +88,12 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
             f"recipe {recipe.id} is for family {recipe.family}, but {checkpoint.path} is a "
             f"{checkpoint.family.name} checkpoint ({checkpoint.config.get('architectures')})"
         )
-    default_len = recipe.max_seq_len if recipe else min(spec.max_position_embeddings, 2048)
+    default_len = recipe.max_seq_len if recipe else min(spec.max_exportable_context, 2048)
     length = max_seq_len or default_len
-    if length > spec.max_position_embeddings:
+    if length > spec.max_exportable_context:
         raise ExportError(
-            f"--max-seq-len {length} exceeds the model's context of {spec.max_position_embeddings} tokens; "
-            f"pass --max-seq-len {spec.max_position_embeddings} or less"
+            f"--max-seq-len {length} exceeds the model's context of {spec.max_exportable_context} tokens; "
+            f"pass --max-seq-len {spec.max_exportable_context} or less"
         )
     if length < 32:
         raise ExportError(f"--max-seq-len {length} is too short; use at least 32")

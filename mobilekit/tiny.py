@@ -40,6 +40,22 @@ TINY_QWEN2 = {
     "use_sliding_window": False,
 }
 
+# Phi-3: fused qkv and gate_up projections, LongRoPE (original context 64 of 256).
+TINY_PHI3 = {
+    **TINY_LLAMA,
+    "architectures": ["Phi3ForCausalLM"],
+    "model_type": "phi3",
+    "num_key_value_heads": 4,
+    "original_max_position_embeddings": 64,
+    "rope_scaling": {
+        "type": "longrope",
+        "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0],
+    },
+    "sliding_window": None,
+    "pad_token_id": 0,
+}
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"

@@ -16,7 +16,7 @@ from mobilekit.errors import UnknownNameError, UnsupportedArchitectureError
 from mobilekit.modeling.spec import DecoderSpec
 
 # Registry key = module stem. Kept as a literal list so nothing heavy is imported until asked.
-FAMILY_MODULES = ("llama", "qwen2")
+FAMILY_MODULES = ("llama", "phi3", "qwen2")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilekit.modeling.spec import DecoderSpec
+from mobilekit.modeling.spec import DecoderSpec, LongRopeScaling
 
 # attend(layer_index, q[B,T,H,hd], k[B,T,KV,hd], v[B,T,KV,hd]) -> out[B,T,H*hd]
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,7 +39,11 @@ def rotary_inv_freq(spec: DecoderSpec) -> torch.Tensor:
     rot = spec.head_dim
     inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
     s = spec.rope_scaling
-    if s is not None:
+    if isinstance(s, LongRopeScaling):
+        # ref: transformers modeling_rope_utils._compute_longrope_parameters; exports stop at
+        # original_max_position_embeddings (DecoderSpec.max_exportable_context): short factors.
+        inv_freq = inv_freq / torch.tensor(s.short_factor, dtype=torch.float64)
+    elif s is not None:
         # ref: transformers modeling_rope_utils._compute_llama3_parameters (ARCHITECTURES.md §2)
         low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
         high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
@@ -59,7 +63,13 @@ def rotary_tables(spec: DecoderSpec, max_seq_len: int) -> tuple[torch.Tensor, to
     positions = torch.arange(max_seq_len, dtype=torch.float32)
     angles = torch.outer(positions, rotary_inv_freq(spec))
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    scale = rotary_attention_factor(spec)
+    return angles.cos() * scale, angles.sin() * scale
+
+
+def rotary_attention_factor(spec: DecoderSpec) -> float:
+    """The factor transformers multiplies cos and sin by (LongRoPE's; 1 otherwise)."""
+    return spec.rope_scaling.attention_factor if isinstance(spec.rope_scaling, LongRopeScaling) else 1.0
 
 
 class Rotary(nn.Module):

@@ -22,6 +22,23 @@ class Llama3RopeScaling:
     low_freq_factor: float
     high_freq_factor: float
     original_max_position_embeddings: int
+    kind: str = "llama3"
+
+
+@dataclass(frozen=True)
+class LongRopeScaling:
+    """Phi-3's LongRoPE (ARCHITECTURES.md §9): per-frequency divisors and a cos/sin scale.
+    Exports are limited to original_max_position_embeddings, where the short factors apply
+    (transformers switches to the long ones only past that length)."""
+
+    short_factor: tuple[float, ...]
+    long_factor: tuple[float, ...]
+    original_max_position_embeddings: int
+    attention_factor: float
+    kind: str = "longrope"
+
+
+ROPE_SCALINGS = {"llama3": Llama3RopeScaling, "longrope": LongRopeScaling}
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,7 @@ class DecoderSpec:
     norm_eps: float = 1e-5
     activation: str = "silu"
     rope_theta: float = 10000.0
-    rope_scaling: Llama3RopeScaling | None = None
+    rope_scaling: Llama3RopeScaling | LongRopeScaling | None = None
     qkv_bias: bool = False  # biases on q/k/v projections (Llama attention_bias, Qwen2)
     output_bias: bool = False  # bias on the attention output projection (Llama attention_bias)
     mlp_bias: bool = False
@@ -58,6 +75,27 @@ class DecoderSpec:
             raise CheckpointError(
                 f"Unsupported activation {self.activation!r}. Supported: {', '.join(ACTIVATIONS)}"
             )
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "DecoderSpec":
+        """Inverse of dataclasses.asdict (how manifests store the spec)."""
+        fields = dict(stored)
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CheckpointError(f"decoder_spec has fields this mobilekit does not know: {sorted(unknown)}")
+        scaling = fields.get("rope_scaling")
+        if isinstance(scaling, dict):
+            kind = scaling.get("kind", "llama3")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in scaling.items()}
+            fields["rope_scaling"] = ROPE_SCALINGS[kind](**values)
+        return cls(**fields)
+
+    @property
+    def max_exportable_context(self) -> int:
+        """Longest context the decoder computes exactly as the reference does."""
+        if isinstance(self.rope_scaling, LongRopeScaling):
+            return min(self.max_position_embeddings, self.rope_scaling.original_max_position_embeddings)
+        return self.max_position_embeddings
 
     @property
     def attention_scale(self) -> float:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilekit.errors import BundleError, ValidationFailed
-from mobilekit.modeling import Decoder, DecoderSpec, Llama3RopeScaling
+from mobilekit.errors import BundleError, CheckpointError, ValidationFailed
+from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.runtime import Session
 from mobilekit.targets import GenerationResult
 
@@ -68,18 +68,10 @@ def spec_from_manifest(manifest: dict) -> DecoderSpec:
         raise BundleError(
             "the manifest has no decoder_spec; re-export the bundle with this mobilekit version"
         )
-    fields = dict(stored)
-    scaling = fields.get("rope_scaling")
-    if isinstance(scaling, dict):
-        fields["rope_scaling"] = Llama3RopeScaling(**scaling)
-    known = set(DecoderSpec.__dataclass_fields__)
-    unknown = set(fields) - known
-    if unknown:
-        raise BundleError(
-            f"the manifest's decoder_spec has fields this mobilekit does not know: {sorted(unknown)}; "
-            "upgrade mobilekit"
-        )
-    return DecoderSpec(**fields)
+    try:
+        return DecoderSpec.from_dict(stored)
+    except CheckpointError as e:
+        raise BundleError(f"the manifest's {e}; upgrade mobilekit or re-export the bundle") from e
 
 
 # --- weights: MIL program -> decoder state_dict ------------------------------------------

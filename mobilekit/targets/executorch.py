@@ -18,7 +18,7 @@ from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.modeling import Decoder
-from mobilekit.modeling.decoder import RMSNorm, Rotary, rotary_inv_freq
+from mobilekit.modeling.decoder import RMSNorm, Rotary, rotary_attention_factor, rotary_inv_freq
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.pte"
@@ -90,6 +90,7 @@ class ExecuTorchDecoder(nn.Module):
         # [max_seq_len, head_dim] tables: that is 1 MB of .pte at 2048 tokens, for a few
         # hundred cos/sin per token at run time.
         self.register_buffer("inv_freq", rotary_inv_freq(spec), persistent=False)
+        self.rope_scale = rotary_attention_factor(spec)
         shape = (1, max_seq_len, spec.num_kv_heads, spec.head_dim)
         for i in range(spec.num_layers):
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
@@ -104,6 +105,8 @@ class ExecuTorchDecoder(nn.Module):
         angles = torch.outer(positions, self.inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         cos, sin = angles.cos(), angles.sin()
+        if self.rope_scale != 1.0:
+            cos, sin = cos * self.rope_scale, sin * self.rope_scale
         scale = self.decoder.spec.attention_scale
 
         def attend(i, q, k, v):

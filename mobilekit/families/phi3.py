@@ -1,0 +1,76 @@
+"""Phi-3 family: Phi3ForCausalLM (ARCHITECTURES.md §9).
+
+A Llama with fused projections (qkv_proj = [q; k; v] rows, gate_up_proj = [gate; up] rows)
+and LongRoPE frequency scaling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import torch
+
+from mobilekit.errors import CheckpointError
+from mobilekit.families import Family, llama
+from mobilekit.modeling.spec import DecoderSpec, LongRopeScaling
+
+
+def _longrope(config: Mapping, head_dim: int) -> LongRopeScaling | None:
+    # transformers 5 folds rope_scaling into rope_parameters; hub configs carry rope_scaling,
+    # with the Phi-3-era names "su"/"yarn" for LongRoPE (ARCHITECTURES.md §0.5, §9).
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind not in ("longrope", "su", "yarn"):
+        raise CheckpointError(f"Phi-3 rope scaling {kind!r} is not supported (supported: none, longrope)")
+    original = int(params.get("original_max_position_embeddings") or config["original_max_position_embeddings"])
+    short, long = tuple(map(float, params["short_factor"])), tuple(map(float, params["long_factor"]))
+    if len(short) != head_dim // 2 or len(long) != head_dim // 2:
+        raise CheckpointError(f"longrope factors must have head_dim/2 = {head_dim // 2} entries")
+    # ref: transformers modeling_rope_utils._compute_longrope_parameters
+    factor = config["max_position_embeddings"] / original
+    attention = params.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return LongRopeScaling(short, long, original, float(attention))
+
+
+def spec_from_config(config: Mapping) -> DecoderSpec:
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError("Phi-3 checkpoints with partial_rotary_factor < 1 are not supported yet")
+    plain = {k: v for k, v in config.items() if k not in ("rope_scaling", "rope_parameters")}
+    plain["rope_theta"] = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    base = llama.spec_from_config({**plain, "sliding_window": None})
+    window = config.get("sliding_window")
+    if window is not None and window < base.max_position_embeddings:
+        base = dataclasses.replace(base, sliding_window=window)
+    return dataclasses.replace(base, rope_scaling=_longrope(config, base.head_dim))
+
+
+def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    q_rows, kv_rows = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    split = {}
+    for name, tensor in state.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            prefix = name.removesuffix("qkv_proj.weight")
+            q, k, v = torch.split(tensor, [q_rows, kv_rows, kv_rows], dim=0)
+            split.update({prefix + "q_proj.weight": q, prefix + "k_proj.weight": k, prefix + "v_proj.weight": v})
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            prefix = name.removesuffix("gate_up_proj.weight")
+            gate, up = tensor.chunk(2, dim=0)  # first half is the gate (ARCHITECTURES.md §0.4)
+            split.update({prefix + "gate_proj.weight": gate, prefix + "up_proj.weight": up})
+        else:
+            split[name] = tensor
+    return llama.convert_weights(split, spec)
+
+
+FAMILY = Family(
+    name="phi3",
+    architectures=("Phi3ForCausalLM",),
+    spec_from_config=spec_from_config,
+    convert_weights=convert_weights,
+    hf_reference_class="AutoModelForCausalLM",
+)
