@@ -97,7 +97,9 @@ def _bench_eager(source: str, folder: Path, new_tokens: int) -> dict:
     from mobilekit import bundle, chat
     from mobilekit.checkpoint import resolve
 
-    torch.set_num_threads(torch.get_num_threads())
+    from mobilekit.runtime import threads
+
+    torch.set_num_threads(threads())  # the same thread count the bundles' runtimes get
     manifest = bundle.read_manifest(folder)
     checkpoint = resolve(source)
     model = checkpoint.load_reference()

@@ -6,9 +6,15 @@ logits after the last one, with the KV cache advancing inside the runtime.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 import numpy as np
+
+
+def threads() -> int:
+    """CPU threads every runtime (and the eager baseline) uses: MOBILEKIT_THREADS, else all cores."""
+    return int(os.environ.get("MOBILEKIT_THREADS", os.cpu_count() or 1))
 
 
 class Session(ABC):

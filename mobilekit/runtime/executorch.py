@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from mobilekit.runtime import Session
+from mobilekit.runtime import Session, threads
 from mobilekit.targets import GenerationResult
 
 RUNNER = "ExecuTorch TextLLMRunner"
@@ -22,7 +22,7 @@ RUNNER = "ExecuTorch TextLLMRunner"
 def _set_threads() -> None:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-    _unsafe_reset_threadpool(int(os.environ.get("MOBILEKIT_THREADS", os.cpu_count() or 1)))
+    _unsafe_reset_threadpool(threads())
 
 
 class ExecuTorchSession(Session):

@@ -4,22 +4,17 @@ ONNX Runtime GenAI (the runtime apps embed) for generation and benchmarks."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from mobilekit.runtime import Session
+from mobilekit.runtime import Session, threads
 from mobilekit.targets import GenerationResult
 
 GENAI = "ONNX Runtime GenAI"
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def threads() -> int:
-    return int(os.environ.get("MOBILEKIT_THREADS", os.cpu_count() or 1))
 
 
 class OnnxSession(Session):
