@@ -81,7 +81,7 @@ class Checkpoint:
 
     @cached_property
     def family(self) -> families.Family:
-        return families.for_architecture(self.config.get("architectures"))
+        return families.for_architecture(self.config.get("architectures"), self.config.get("model_type"))
 
     @cached_property
     def spec(self) -> DecoderSpec:
@@ -198,7 +198,7 @@ def resolve_spec(source: str) -> DecoderSpec:
             "Download it elsewhere and pass --checkpoint PATH (a local folder or .gguf file)."
         ) from e
     config = json.loads(Path(config_path).read_text())
-    return families.for_architecture(config.get("architectures")).spec_from_config(config)
+    return families.for_architecture(config.get("architectures"), config.get("model_type")).spec_from_config(config)
 
 
 def embedded_gguf() -> Path:

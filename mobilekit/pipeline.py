@@ -97,11 +97,6 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
         )
     if length < 32:
         raise ExportError(f"--max-seq-len {length} is too short; use at least 32")
-    if spec.sliding_window is not None and length > spec.sliding_window:
-        raise ExportError(
-            f"the model attends within a sliding window of {spec.sliding_window} tokens, which this "
-            f"export does not implement; pass --max-seq-len {spec.sliding_window} or less"
-        )
     return Context(recipe, checkpoint, length, budget_overrides)
 
 

@@ -56,6 +56,62 @@ TINY_PHI3 = {
     "pad_token_id": 0,
 }
 
+_TINY_IDS = {"vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_position_embeddings": 256}
+_TINY_SHAPE = {**_TINY_IDS, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+               "num_attention_heads": 4}
+
+# Gemma 2: sandwich (1 + w) norms, embedding scale, softcaps small enough to bite on random
+# weights, query_pre_attn_scalar != head_dim, a 16-token window on layers 0 and 2.
+TINY_GEMMA2 = {
+    **_TINY_SHAPE, "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+    "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 16,
+    "attn_logit_softcapping": 3.0, "final_logit_softcapping": 5.0, "rms_norm_eps": 1e-6,
+    "hidden_activation": "gelu_pytorch_tanh",
+}
+
+# Gemma 3: + q/k norms, MQA, head_dim 32 (H*hd != d), local/global rotary bases, 2:1 sliding.
+TINY_GEMMA3 = {
+    **_TINY_SHAPE, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+    "num_key_value_heads": 1, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 16,
+    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+    "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+    "rms_norm_eps": 1e-6,
+}
+
+# GPT-NeoX: interleaved fused qkv, 25% rotary (4 of 16 lanes), parallel residual, exact gelu.
+TINY_GPT_NEOX = {
+    **_TINY_SHAPE, "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+    "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True,
+    "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+# GPT-2: Conv1D weights, learned positions, exact gelu (Cerebras-GPT), tied head.
+TINY_GPT2 = {
+    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 512, "n_embd": 64,
+    "n_layer": 3, "n_head": 4, "n_positions": 256, "activation_function": "gelu",
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "layer_norm_epsilon": 1e-5,
+}
+
+# Phi-2: one shared LayerNorm, parallel attention + MLP, 50% rotary, lm_head bias, gelu_new.
+TINY_PHI = {
+    **_TINY_SHAPE, "architectures": ["PhiForCausalLM"], "model_type": "phi", "num_key_value_heads": 4,
+    "hidden_act": "gelu_new", "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+# StableLM: LayerNorms with bias, 25% rotary, q/k/v biases on, gated silu MLP.
+TINY_STABLELM = {
+    **_TINY_SHAPE, "architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "num_key_value_heads": 2,
+    "hidden_act": "silu", "partial_rotary_factor": 0.25, "use_qkv_bias": True, "layer_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+# One tiny config per family, every quirk of that family switched on (tests iterate over it).
+TINY_CONFIGS = {
+    "llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "phi3": TINY_PHI3, "phi": TINY_PHI, "gemma2": TINY_GEMMA2,
+    "gemma3": TINY_GEMMA3, "gpt_neox": TINY_GPT_NEOX, "gpt2": TINY_GPT2, "stablelm": TINY_STABLELM,
+}
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -104,6 +160,12 @@ def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0
     hf_config = AutoConfig.for_model(**{**config, "initializer_range": init_std})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    with torch.no_grad():
+        # HF initializes norms to 1 (Gemma's offsets to 0) and biases to 0, where a wrong
+        # mapping would not show: give every 1-D weight random values too.
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(folder)
     save_tiny_tokenizer(folder, config["vocab_size"])
     cfg = json.loads((folder / "config.json").read_text())

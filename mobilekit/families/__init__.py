@@ -12,11 +12,11 @@ from typing import Callable, Mapping
 
 import torch
 
-from mobilekit.errors import UnknownNameError, UnsupportedArchitectureError
+from mobilekit.errors import CheckpointError, UnknownNameError, UnsupportedArchitectureError
 from mobilekit.modeling.spec import DecoderSpec
 
 # Registry key = module stem. Kept as a literal list so nothing heavy is imported until asked.
-FAMILY_MODULES = ("llama", "phi3", "qwen2")
+FAMILY_MODULES = ("llama", "qwen2", "phi3", "phi", "gemma2", "gemma3", "gpt_neox", "gpt2", "stablelm")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Family:
     # Builds the transformers reference model from a config dict, or None when
     # transformers has no implementation of the family.
     hf_reference_class: str | None = None
+    # model_type values claimed when a config.json has no `architectures` (Cerebras-GPT-2.7B)
+    model_types: tuple[str, ...] = ()
 
 
 def names() -> list[str]:
@@ -44,12 +46,64 @@ def supported_architectures() -> dict[str, str]:
     return {arch: fam.name for fam in map(get, names()) for arch in fam.architectures}
 
 
-def for_architecture(architectures: list[str] | None) -> Family:
+def for_architecture(architectures: list[str] | None, model_type: str | None = None) -> Family:
     table = supported_architectures()
     for arch in architectures or []:
         if arch in table:
             return get(table[arch])
+    if not architectures and model_type:
+        for family in map(get, names()):
+            if model_type in family.model_types:
+                return family
     raise UnsupportedArchitectureError(
         f"No mobilekit family supports architectures {architectures}. "
         f"Supported: {', '.join(sorted(table))}"
     )
+
+
+def hf_config(config: Mapping) -> dict:
+    """The config as transformers itself reads it: legacy keys (rope_theta, rotary_pct,
+    rope_local_base_freq, missing layer_types ...) folded into the current ones
+    (ARCHITECTURES.md §0.5). Reads no weights and runs no remote code."""
+    from transformers import AutoConfig
+
+    values = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    return AutoConfig.for_model(config["model_type"], **values).to_dict()
+
+
+def rope_parameters(config: Mapping, layer_type: str | None = None) -> dict:
+    """rope_parameters of a normalized config (per layer type where the family has them)."""
+    params = config.get("rope_parameters") or {}
+    if layer_type is not None and layer_type in params:
+        params = params[layer_type]
+    return params
+
+
+def rotary_dim(config: Mapping, head_dim: int) -> int:
+    """Rotated lanes per head: int(head_dim * partial_rotary_factor), as transformers does."""
+    return int(head_dim * float(rope_parameters(config).get("partial_rotary_factor", 1.0)))
+
+
+def require_default_rope(params: Mapping, family: str) -> None:
+    kind = params.get("rope_type", "default")
+    if kind != "default":
+        raise CheckpointError(f"{family} checkpoints with rope scaling {kind!r} are not supported (supported: none)")
+
+
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                  "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+
+
+def activation(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise CheckpointError(f"activation {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
+def rename(name: str, prefixes: tuple[str, ...], renames: Mapping[str, str]) -> str:
+    """Strip the first matching prefix, then replace each dotted component in `renames`."""
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return ".".join(renames.get(part, part) for part in name.split("."))

@@ -3,8 +3,10 @@
 The decoder owns weights and the math of one forward pass. It does not own a KV cache:
 each target wraps it and passes an `attend` callable that stores k/v the way its runtime
 wants (ExecuTorch custom ops, ONNX past/present tensors, Core ML state buffers) and
-returns the attention output. `full_causal_attention` is the cache-free version used for
-stage-1 parity.
+returns the attention output; `attend` reads the layer's sliding window and softcap from
+the spec (`spec.layer_window(i)`, `spec.attention_softcap`), and `attention_mask` /
+`attention` below are the reference forms of both. The target also supplies the rotary
+cos/sin of the token positions, one pair per table kind (`spec.rope_kinds`).
 """
 
 from __future__ import annotations
@@ -35,15 +37,19 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def rotary_inv_freq(spec: DecoderSpec) -> torch.Tensor:
-    rot = spec.head_dim
-    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+def rotary_inv_freq(spec: DecoderSpec, kind: str = "global") -> torch.Tensor:
+    """Inverse frequencies of rotary table `kind` ("global", or Gemma 3's "local")."""
+    rot = spec.rotary_width
+    theta = spec.rope_theta_local if kind == "local" else spec.rope_theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
     s = spec.rope_scaling
+    if kind == "local" or s is None:
+        return inv_freq.float()
     if isinstance(s, LongRopeScaling):
         # ref: transformers modeling_rope_utils._compute_longrope_parameters; exports stop at
         # original_max_position_embeddings (DecoderSpec.max_exportable_context): short factors.
         inv_freq = inv_freq / torch.tensor(s.short_factor, dtype=torch.float64)
-    elif s is not None:
+    else:
         # ref: transformers modeling_rope_utils._compute_llama3_parameters (ARCHITECTURES.md §2)
         low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
         high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
@@ -58,18 +64,35 @@ def rotary_inv_freq(spec: DecoderSpec) -> torch.Tensor:
     return inv_freq.float()
 
 
-def rotary_tables(spec: DecoderSpec, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, [max_seq_len, head_dim], HF half-split layout (ARCHITECTURES.md §0.2)."""
-    positions = torch.arange(max_seq_len, dtype=torch.float32)
-    angles = torch.outer(positions, rotary_inv_freq(spec))
-    angles = torch.cat([angles, angles], dim=-1)
-    scale = rotary_attention_factor(spec)
-    return angles.cos() * scale, angles.sin() * scale
-
-
-def rotary_attention_factor(spec: DecoderSpec) -> float:
+def rotary_attention_factor(spec: DecoderSpec, kind: str = "global") -> float:
     """The factor transformers multiplies cos and sin by (LongRoPE's; 1 otherwise)."""
-    return spec.rope_scaling.attention_factor if isinstance(spec.rope_scaling, LongRopeScaling) else 1.0
+    if kind == "global" and isinstance(spec.rope_scaling, LongRopeScaling):
+        return spec.rope_scaling.attention_factor
+    return 1.0
+
+
+def rotary_cos_sin(spec: DecoderSpec, positions: torch.Tensor, kind: str = "global"):
+    """cos and sin [len(positions), rotary_width] of table `kind`, HF half-split layout
+    (ARCHITECTURES.md §0.2). Computed in the graph by targets that want no stored table."""
+    angles = torch.outer(positions.float(), rotary_inv_freq(spec, kind).to(positions.device))
+    angles = torch.cat([angles, angles], dim=-1)
+    scale = rotary_attention_factor(spec, kind)
+    cos, sin = angles.cos(), angles.sin()
+    return (cos * scale, sin * scale) if scale != 1.0 else (cos, sin)
+
+
+def rotary_tables(spec: DecoderSpec, max_seq_len: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{kind: (cos, sin)} for positions 0..max_seq_len-1, one pair per `spec.rope_kinds`;
+    a target slices or gathers the rows of its token positions."""
+    positions = torch.arange(max_seq_len)
+    return {kind: rotary_cos_sin(spec, positions, kind) for kind in spec.rope_kinds}
+
+
+def select_rows(tables: dict, rows) -> dict:
+    """The same rows (a slice or an index tensor) of every (cos, sin) table."""
+    if isinstance(rows, torch.Tensor):
+        return {k: (c.index_select(0, rows), s.index_select(0, rows)) for k, (c, s) in tables.items()}
+    return {k: (c[rows], s[rows]) for k, (c, s) in tables.items()}
 
 
 class Rotary(nn.Module):
@@ -77,10 +100,28 @@ class Rotary(nn.Module):
     formulation its backend keeps in one fused partition."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [B,T,heads,hd]; cos/sin [T,1,hd]
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        # x [B,T,heads,hd]; cos/sin [T,1,r]: the first r lanes rotate (half-split within
+        # them), the rest pass through (partial rotary: GPT-NeoX, Phi-2, StableLM).
+        r = cos.shape[-1]
+        if r == x.shape[-1]:
+            return _rotate(x, cos, sin)
+        return torch.cat([_rotate(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with weight and bias (GPT-NeoX, GPT-2, Phi-2, StableLM). Its own class so
+    targets can tell it from the RMSNorm and swap either for their preferred form."""
+
+
+def make_norm(spec: DecoderSpec, dim: int | None = None) -> nn.Module:
+    dim = dim or spec.hidden_size
+    return LayerNorm(dim, eps=spec.norm_eps) if spec.norm == "layer" else RMSNorm(dim, spec.norm_eps)
 
 
 _ACTIVATIONS = {
@@ -99,15 +140,23 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=spec.output_bias)
-        self.rotary = Rotary()
+        if spec.qk_norm:
+            # Gemma 3's (1 + w) norms, stored by the family as the effective scale.
+            self.q_norm = RMSNorm(hd, spec.norm_eps)
+            self.k_norm = RMSNorm(hd, spec.norm_eps)
+        self.rotary = Rotary() if spec.rotary_width else None
 
-    def forward(self, layer_index, x, cos, sin, attend: Attend):
+    def forward(self, layer_index, x, rope, attend: Attend):
         # -1 rather than the symbolic length: backends (XNNPACK) reject symbolic reshapes
         b = x.shape[0]
         q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            cos, sin = rope
+            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
         return self.o_proj(attend(layer_index, q, k, v))
 
 
@@ -124,42 +173,87 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-class DecoderLayer(nn.Module):
+class PlainMLP(nn.Module):
     def __init__(self, spec: DecoderSpec):
         super().__init__()
-        self.input_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
-        self.attention = Attention(spec)
-        self.post_attention_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
-        self.mlp = GatedMLP(spec)
+        d, inter = spec.hidden_size, spec.intermediate_size
+        self.fc_in = nn.Linear(d, inter, bias=spec.mlp_bias)
+        self.fc_out = nn.Linear(inter, d, bias=spec.mlp_bias)
+        self.act = _ACTIVATIONS[spec.activation]
 
-    def forward(self, layer_index, h, cos, sin, attend: Attend):
-        h = h + self.attention(layer_index, self.input_norm(h), cos, sin, attend)
-        return h + self.mlp(self.post_attention_norm(h))
+    def forward(self, x):
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Norm names by role: input_norm feeds attention, post_attention_norm feeds the MLP
+    (absent when both share input_norm); the sandwich norms (Gemma) normalize each
+    sub-layer's output before its residual add."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.residual = spec.residual
+        self.input_norm = make_norm(spec)
+        self.attention = Attention(spec)
+        if spec.residual != "parallel_shared_norm":
+            self.post_attention_norm = make_norm(spec)
+        self.mlp = GatedMLP(spec) if spec.mlp == "gated" else PlainMLP(spec)
+        if spec.sandwich_norms:
+            self.attention_output_norm = make_norm(spec)
+            self.mlp_output_norm = make_norm(spec)
+
+    def forward(self, layer_index, h, rope, attend: Attend):
+        x = self.input_norm(h)
+        a = self.attention(layer_index, x, rope, attend)
+        if hasattr(self, "attention_output_norm"):
+            a = self.attention_output_norm(a)
+        if self.residual == "sequential":
+            h = h + a
+            x = self.post_attention_norm(h)
+        elif self.residual == "parallel":
+            x = self.post_attention_norm(h)
+        m = self.mlp(x)
+        if hasattr(self, "mlp_output_norm"):
+            m = self.mlp_output_norm(m)
+        return h + m if self.residual == "sequential" else h + a + m
 
 
 class Decoder(nn.Module):
-    """Embedding -> N pre-norm layers -> final norm -> lm head."""
+    """Embedding (+ learned positions, x scale) -> N layers -> final norm -> lm head (-> softcap)."""
 
     def __init__(self, spec: DecoderSpec):
         super().__init__()
         self.spec = spec
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        if spec.learned_positions:
+            self.embed_positions = nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(spec) for _ in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
-        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.norm = make_norm(spec)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.lm_head_bias)
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, input_ids, cos, sin, attend: Attend, last_only: bool = False):
-        """input_ids [B,T]; cos/sin [T,hd] for the positions of those tokens."""
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # once, broadcast over heads in every layer
+    def forward(self, input_ids, rope: dict, attend: Attend, last_only: bool = False, positions=None):
+        """input_ids [B,T]; rope {kind: (cos, sin)} [T, rotary_width] for the positions of
+        those tokens; positions [T] int64 (read only with learned position embeddings)."""
+        spec = self.spec
+        # once, broadcast over heads in every layer
+        rope = {kind: (cos.unsqueeze(1), sin.unsqueeze(1)) for kind, (cos, sin) in rope.items()}
         h = self.embed_tokens(input_ids)
+        if spec.learned_positions:
+            h = h + self.embed_positions(positions)
+        if spec.embedding_scale != 1.0:
+            # HF Gemma casts the scale to the weight dtype first (bf16: sqrt(640) -> 25.25)
+            h = h * torch.tensor(spec.embedding_scale, dtype=h.dtype)
         for i, layer in enumerate(self.layers):
-            h = layer(i, h, cos, sin, attend)
+            h = layer(i, h, rope.get(spec.layer_rope(i)), attend)
         h = self.norm(h)
         if last_only:
             h = h[:, -1, :]
-        return self.lm_head(h)
+        logits = self.lm_head(h)
+        if spec.final_softcap is not None:
+            logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap
+        return logits
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -167,13 +261,29 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def causal_attention(q, k, v, mask, scale):
-    """q [B,T,H,hd], k/v [B,S,KV,hd] (S >= T), additive or boolean mask [T,S] -> [B,T,H*hd]."""
+def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [T,S]: key visible to query iff key <= query and, in a sliding layer,
+    key > query - window (HF semantics, ARCHITECTURES.md §0.3)."""
+    q, k = query_positions[:, None], key_positions[None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    return allowed
+
+
+def attention(q, k, v, mask, scale, softcap: float | None = None):
+    """q [B,T,H,hd], k/v [B,S,KV,hd] (S >= T), boolean mask [T,S] -> [B,T,H*hd].
+    With a softcap (Gemma 2) the scores are capped before the mask: SDPA cannot."""
     b, t, h, hd = q.shape
     groups = h // k.shape[2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if softcap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        scores = torch.tanh(q @ k.transpose(-1, -2) * (scale / softcap)) * softcap
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
     return out.transpose(1, 2).reshape(b, t, h * hd)
 
 
@@ -185,15 +295,12 @@ class EagerDecoder(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        t = input_ids.shape[1]
-        cos, sin = rotary_tables(self.decoder.spec, t)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
-        window = self.decoder.spec.sliding_window
-        if window is not None:
-            mask = mask & ~torch.ones(t, t, dtype=torch.bool).tril(-window)
-        scale = self.decoder.spec.attention_scale
+        spec = self.decoder.spec
+        positions = torch.arange(input_ids.shape[1])
+        masks = {w: attention_mask(positions, positions, w) for w in {spec.layer_window(i) for i in range(spec.num_layers)}}
 
-        def attend(_, q, k, v):
-            return causal_attention(q, k, v, mask, scale)
+        def attend(i, q, k, v):
+            return attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale, spec.attention_softcap)
 
-        return self.decoder(input_ids, cos, sin, attend)
+        rope = select_rows(rotary_tables(spec, len(positions)), slice(None))
+        return self.decoder(input_ids, rope, attend, positions=positions)

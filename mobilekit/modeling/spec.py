@@ -6,12 +6,18 @@ a Hugging Face config itself.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from mobilekit.errors import CheckpointError
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+NORMS = ("rms", "layer")  # RMSNorm (Llama style) | LayerNorm with bias
+MLPS = ("gated", "plain")  # down(act(gate(x)) * up(x)) | fc_out(act(fc_in(x)))
+# sequential: h += attn(norm1(h)); h += mlp(norm2(h))
+# parallel: h += attn(norm1(h)) + mlp(norm2(h))             (GPT-NeoX)
+# parallel_shared_norm: x = norm1(h); h += attn(x) + mlp(x) (Phi-2)
+RESIDUALS = ("sequential", "parallel", "parallel_shared_norm")
+LAYER_TYPES = ("full", "sliding")
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,30 @@ class DecoderSpec:
     qkv_bias: bool = False  # biases on q/k/v projections (Llama attention_bias, Qwen2)
     output_bias: bool = False  # bias on the attention output projection (Llama attention_bias)
     mlp_bias: bool = False
+    lm_head_bias: bool = False  # Phi-2
     tie_word_embeddings: bool = False
-    # Mistral-style sliding window; None = full attention. The decoder keeps a full-length
-    # cache, which is exact only while the context is no longer than the window.
+    norm: str = "rms"
+    mlp: str = "gated"
+    residual: str = "sequential"
+    # Gemma: the attention and MLP outputs are normalized again before the residual add.
+    sandwich_norms: bool = False
+    qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on q and k, before rotary
+    # Rotary lanes per head (the first rotary_dim of head_dim; the rest pass through).
+    # None = all of head_dim; 0 = no rotary (GPT-2's learned positions instead).
+    rotary_dim: int | None = None
+    rope_theta_local: float | None = None  # Gemma 3: sliding layers' own rotary base
+    learned_positions: bool = False  # GPT-2: h = wte[ids] + wpe[positions]
+    embedding_scale: float = 1.0  # Gemma: h = wte[ids] * sqrt(hidden_size)
+    # Attention scale = query_pre_attn_scalar^-1/2 (Gemma) instead of head_dim^-1/2.
+    query_pre_attn_scalar: float | None = None
+    attention_softcap: float | None = None  # Gemma 2: scores = c * tanh(scores / c)
+    final_softcap: float | None = None  # Gemma 2: logits = c * tanh(logits / c)
+    # Sliding-window attention: a query sees itself and the previous sliding_window - 1
+    # tokens. layer_types names each layer "full" or "sliding"; empty = every layer sliding
+    # when sliding_window is set (Mistral), else full. Targets keep a full-length cache and
+    # apply the window as a mask: exact at any context, but the cache is not smaller.
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -71,10 +97,19 @@ class DecoderSpec:
             )
         if self.head_dim % 2:
             raise CheckpointError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
-        if self.activation not in ACTIVATIONS:
-            raise CheckpointError(
-                f"Unsupported activation {self.activation!r}. Supported: {', '.join(ACTIVATIONS)}"
-            )
+        for value, allowed, what in ((self.activation, ACTIVATIONS, "activation"), (self.norm, NORMS, "norm"),
+                                     (self.mlp, MLPS, "mlp"), (self.residual, RESIDUALS, "residual")):
+            if value not in allowed:
+                raise CheckpointError(f"Unsupported {what} {value!r}. Supported: {', '.join(allowed)}")
+        if self.rotary_width % 2 or self.rotary_width > self.head_dim:
+            raise CheckpointError(f"rotary_dim ({self.rotary_dim}) must be even and at most head_dim ({self.head_dim})")
+        if self.layer_types:
+            if len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES):
+                raise CheckpointError(
+                    f"layer_types must name each of the {self.num_layers} layers one of {', '.join(LAYER_TYPES)}"
+                )
+            if "sliding" in self.layer_types and not self.sliding_window:
+                raise CheckpointError("layer_types has sliding layers but sliding_window is not set")
 
     @classmethod
     def from_dict(cls, stored: dict) -> "DecoderSpec":
@@ -83,6 +118,8 @@ class DecoderSpec:
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise CheckpointError(f"decoder_spec has fields this mobilekit does not know: {sorted(unknown)}")
+        if isinstance(fields.get("layer_types"), list):
+            fields["layer_types"] = tuple(fields["layer_types"])
         scaling = fields.get("rope_scaling")
         if isinstance(scaling, dict):
             kind = scaling.get("kind", "llama3")
@@ -99,15 +136,45 @@ class DecoderSpec:
 
     @property
     def attention_scale(self) -> float:
-        return 1.0 / math.sqrt(self.head_dim)
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def rotary_width(self) -> int:
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of `layer`, or None for full causal attention."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types and self.layer_types[layer] != "sliding":
+            return None
+        return self.sliding_window
+
+    def layer_rope(self, layer: int) -> str:
+        """Which rotary table `layer` uses: "local" (Gemma 3 sliding layers) or "global"."""
+        return "local" if self.rope_theta_local is not None and self.layer_window(layer) else "global"
+
+    @property
+    def rope_kinds(self) -> tuple[str, ...]:
+        if not self.rotary_width:
+            return ()
+        return tuple(sorted({self.layer_rope(i) for i in range(self.num_layers)}))
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return any(self.layer_window(i) for i in range(self.num_layers))
 
     @property
     def num_parameters(self) -> int:
         d, hd, inter = self.hidden_size, self.head_dim, self.intermediate_size
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
         attn += hd * (self.num_heads + 2 * self.num_kv_heads) * self.qkv_bias + d * self.output_bias
-        mlp = 3 * d * inter
-        per_layer = attn + mlp + 2 * d
+        attn += 2 * hd * self.qk_norm
+        mlp = (3 if self.mlp == "gated" else 2) * d * inter + (inter + d) * self.mlp_bias
+        norm = d * (2 if self.norm == "layer" else 1)
+        norms = {"sequential": 2, "parallel": 2, "parallel_shared_norm": 1}[self.residual] + 2 * self.sandwich_norms
+        per_layer = attn + mlp + norms * norm
         embed = self.vocab_size * d
-        head = 0 if self.tie_word_embeddings else embed
-        return self.num_layers * per_layer + embed + head + d
+        head = (0 if self.tie_word_embeddings else embed) + self.vocab_size * self.lm_head_bias
+        positions = self.max_position_embeddings * d * self.learned_positions
+        return self.num_layers * per_layer + embed + head + positions + norm

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import causal_attention
+from mobilekit.modeling.decoder import attention, attention_mask, select_rows
 from mobilekit.runtime import Session
 
 
@@ -16,7 +16,7 @@ class EagerSession(Session):
     def __init__(self, decoder: Decoder, max_seq_len: int, runtime: str | None = None):
         super().__init__(max_seq_len)
         self.decoder = decoder
-        self.cos, self.sin = rotary_tables(decoder.spec, max_seq_len)
+        self.rope = rotary_tables(decoder.spec, max_seq_len)
         self._k: list[torch.Tensor | None] = []
         self._v: list[torch.Tensor | None] = []
         if runtime:
@@ -33,19 +33,19 @@ class EagerSession(Session):
             self.reset()
         start, t = self.position, len(tokens)
         total = start + t
-        # Query i (absolute start+i) sees keys 0..start+i.
-        mask = torch.ones(t, total, dtype=torch.bool).tril(start)
-        window = self.decoder.spec.sliding_window
-        if window is not None:
-            mask &= ~torch.ones(t, total, dtype=torch.bool).tril(start - window)
-        scale = self.decoder.spec.attention_scale
+        spec = self.decoder.spec
+        positions = torch.arange(start, total)
+        keys = torch.arange(total)
+        windows = {spec.layer_window(i) for i in range(spec.num_layers)}
+        masks = {w: attention_mask(positions, keys, w) for w in windows}
 
         def attend(i, q, k, v):
             if self._k[i] is not None:
                 k, v = torch.cat([self._k[i], k], 1), torch.cat([self._v[i], v], 1)
             self._k[i], self._v[i] = k, v
-            return causal_attention(q, k, v, mask, scale)
+            return attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale, spec.attention_softcap)
 
         ids = torch.tensor([tokens], dtype=torch.long)
-        logits = self.decoder(ids, self.cos[start:total], self.sin[start:total], attend, last_only=True)
+        rope = select_rows(self.rope, slice(start, total))
+        logits = self.decoder(ids, rope, attend, last_only=True, positions=positions)
         return logits[0].float().numpy()

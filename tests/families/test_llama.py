@@ -60,11 +60,14 @@ def test_llama3_scaling_changes_frequencies():
     torch.testing.assert_close(b[-1], a[-1] / 8)  # low frequencies divided by factor
 
 
-def test_sliding_window_longer_than_context_is_refused(tmp_path):
+def test_mistral_sliding_window_is_masked_not_refused(tmp_path):
+    """A window shorter than the context: the full-length cache plus a window mask is exact."""
     from mobilekit import pipeline
-    from mobilekit.errors import ExportError
 
-    folder = make_tiny_checkpoint(tmp_path / "swa", {**CONFIGS["mistral"], "sliding_window": 64})
-    with pytest.raises(ExportError, match="sliding window of 64 tokens.*--max-seq-len 64 or less"):
-        pipeline.make_context(None, str(folder), 128)
-    assert pipeline.make_context(None, str(folder), 64).max_seq_len == 64
+    folder = make_tiny_checkpoint(tmp_path / "swa", {**CONFIGS["mistral"], "sliding_window": 16})
+    ckpt = checkpoint.resolve(str(folder))
+    assert [ckpt.spec.layer_window(i) for i in range(ckpt.spec.num_layers)] == [16, 16]
+    ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(EagerDecoder(ckpt.build_decoder())(ids), ckpt.load_reference()(ids).logits,
+                               atol=2e-5, rtol=1e-4)
+    assert pipeline.make_context(None, str(folder), 128).max_seq_len == 128

@@ -1,23 +1,29 @@
-"""Families beyond Llama — Qwen2 (q/k/v biases) and Phi-3 (fused projections, LongRoPE):
-stage 1 (decoder vs transformers) and stage 2 on every target, on tiny random configs."""
+"""Every family on a tiny random config with all its quirks switched on (mobilekit.tiny.TINY_CONFIGS):
+stage 1 (decoder vs transformers eager, fp32) and stage 2 on every target at fp32 and int4."""
 
 import pytest
 import torch
 
-from mobilekit import checkpoint, pipeline, targets
+from mobilekit import checkpoint, families, pipeline, targets
 from mobilekit.errors import CheckpointError
 from mobilekit.modeling import EagerDecoder
-from mobilekit.tiny import TINY_PHI3, TINY_QWEN2, make_tiny_checkpoint
+from mobilekit.runtime.eager import EagerSession
+from mobilekit.tiny import TINY_CONFIGS, TINY_PHI3, TINY_QWEN2, make_tiny_checkpoint
 
-# family -> (tiny config, context to export: Phi-3's LongRoPE is exact up to its original context)
-FAMILIES = {"qwen2": (TINY_QWEN2, 128), "phi3": (TINY_PHI3, 64)}
+# Phi-3's LongRoPE is exact up to its original context (64); every other tiny model
+# exports 128 tokens, past its 16-token sliding windows.
+SEQ_LEN = {"phi3": 64}
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def test_every_family_has_a_tiny_config():
+    assert sorted(TINY_CONFIGS) == sorted(families.names())
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
 def family(request, tmp_path_factory):
-    config, seq_len = FAMILIES[request.param]
-    folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{request.param}"), config)
-    return request.param, folder, pipeline.make_context(None, str(folder), seq_len)
+    name = request.param
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), TINY_CONFIGS[name])
+    return name, folder, pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128))
 
 
 def test_decoder_matches_transformers(family):
@@ -25,8 +31,14 @@ def test_decoder_matches_transformers(family):
     ckpt = checkpoint.resolve(str(folder))
     assert ckpt.family.name == name
     ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(EagerDecoder(ckpt.build_decoder())(ids), ckpt.load_reference()(ids).logits,
-                               atol=2e-5, rtol=1e-4)
+    decoder = ckpt.build_decoder()
+    ours = EagerDecoder(decoder)(ids)
+    torch.testing.assert_close(ours, ckpt.load_reference()(ids).logits, atol=2e-5, rtol=1e-4)
+    # the cached, token-by-token path (what every target does) agrees with the full forward
+    session = EagerSession(decoder, 64)
+    session.reset()
+    steps = [session.step(ids[0, :8].tolist())] + [session.step([int(t)]) for t in ids[0, 8:]]
+    torch.testing.assert_close(torch.tensor(steps[-1]), ours[0, -1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["fp32", "int4"])
@@ -48,11 +60,9 @@ def test_qwen2_biases_and_refused_sliding_window():
         spec_from_config({**TINY_QWEN2, "use_sliding_window": True, "sliding_window": 16})
 
 
-def test_phi3_longrope_context_is_bounded(family):
-    name, folder, _ = family
-    if name != "phi3":
-        return
+def test_phi3_longrope_context_is_bounded(tmp_path):
     from mobilekit.errors import ExportError
 
+    folder = make_tiny_checkpoint(tmp_path / "phi3", TINY_PHI3)
     with pytest.raises(ExportError, match="exceeds the model's context of 64 tokens"):
         pipeline.make_context(None, str(folder), 128)

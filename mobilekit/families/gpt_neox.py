@@ -1,0 +1,87 @@
+"""GPT-NeoX family (Pythia): GPTNeoXForCausalLM (ARCHITECTURES.md §7).
+
+LayerNorms with bias, a fused query_key_value projection interleaved per head, partial
+rotary (rotary_pct), parallel residual with two norms, plain exact-gelu MLP, biases on
+every projection, untied head (embed_out, renamed lm_head by transformers 5).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from mobilekit.families import Family, activation, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.modeling.spec import DecoderSpec
+
+
+def spec_from_config(config: Mapping) -> DecoderSpec:
+    config = hf_config(config)
+    params = rope_parameters(config)
+    require_default_rope(params, "GPT-NeoX")
+    heads, d = config["num_attention_heads"], config["hidden_size"]
+    head_dim = d // heads
+    bias = bool(config.get("attention_bias", True))
+    return DecoderSpec(
+        vocab_size=config["vocab_size"],
+        hidden_size=d,
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=head_dim,
+        intermediate_size=config["intermediate_size"],
+        max_position_embeddings=config["max_position_embeddings"],
+        norm_eps=config["layer_norm_eps"],
+        activation=activation(config["hidden_act"]),
+        rope_theta=float(params.get("rope_theta", 10000.0)),
+        rotary_dim=rotary_dim(config, head_dim),
+        qkv_bias=bias,
+        output_bias=bias,
+        mlp_bias=True,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        norm="layer",
+        mlp="plain",
+        residual="parallel" if config.get("use_parallel_residual", True) else "sequential",
+    )
+
+
+_RENAMES = {
+    "embed_in": "embed_tokens",
+    "input_layernorm": "input_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "dense": "o_proj",
+    "dense_h_to_4h": "fc_in",
+    "dense_4h_to_h": "fc_out",
+    "final_layer_norm": "norm",
+    "embed_out": "lm_head",
+}
+# Non-parameter buffers some Pythia files carry (causal masks, rotary frequencies).
+_IGNORED = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
+
+
+def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith(_IGNORED) or (name.startswith(("lm_head.", "embed_out.")) and spec.tie_word_embeddings):
+            continue
+        new = rename(name, ("gpt_neox.",), _RENAMES)
+        if ".query_key_value." in new:
+            # rows are [head, (q|k|v), head_dim]: per-head interleaved, not [Q; K; V]
+            kind = new.rsplit(".", 1)[-1]
+            per_head = tensor.reshape(spec.num_heads, 3, spec.head_dim, *tensor.shape[1:])
+            prefix = new.split("query_key_value")[0]
+            for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[f"{prefix}{proj}.{kind}"] = per_head[:, j].reshape(spec.num_heads * spec.head_dim, *tensor.shape[1:])
+            continue
+        out[new] = tensor
+    return out
+
+
+FAMILY = Family(
+    name="gpt_neox",
+    architectures=("GPTNeoXForCausalLM",),
+    spec_from_config=spec_from_config,
+    convert_weights=convert_weights,
+    hf_reference_class="AutoModelForCausalLM",
+    model_types=("gpt_neox",),
+)

@@ -1,0 +1,72 @@
+"""Phi family (Phi-2): PhiForCausalLM (ARCHITECTURES.md §10).
+
+One LayerNorm feeding attention and MLP in parallel, partial rotary, biases on every
+projection including the lm head, plain gelu_new MLP.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from mobilekit.errors import CheckpointError
+from mobilekit.families import Family, activation, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.modeling.spec import DecoderSpec
+
+
+def spec_from_config(config: Mapping) -> DecoderSpec:
+    config = hf_config(config)
+    if config.get("qk_layernorm"):
+        raise CheckpointError("Phi checkpoints with qk_layernorm are not supported")
+    params = rope_parameters(config)
+    require_default_rope(params, "Phi")
+    heads, d = config["num_attention_heads"], config["hidden_size"]
+    head_dim = d // heads
+    return DecoderSpec(
+        vocab_size=config["vocab_size"],
+        hidden_size=d,
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        intermediate_size=config["intermediate_size"],
+        max_position_embeddings=config["max_position_embeddings"],
+        norm_eps=config["layer_norm_eps"],
+        activation=activation(config["hidden_act"]),
+        rope_theta=float(params.get("rope_theta", 10000.0)),
+        rotary_dim=rotary_dim(config, head_dim),
+        qkv_bias=True,
+        output_bias=True,
+        mlp_bias=True,
+        lm_head_bias=True,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        norm="layer",
+        mlp="plain",
+        residual="parallel_shared_norm",
+    )
+
+
+_RENAMES = {
+    "self_attn": "attention",
+    "input_layernorm": "input_norm",
+    "dense": "o_proj",
+    "fc1": "fc_in",
+    "fc2": "fc_out",
+    "final_layernorm": "norm",
+}
+
+
+def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    return {rename(name, ("model.",), _RENAMES): tensor for name, tensor in state.items()
+            if not (name == "lm_head.weight" and spec.tie_word_embeddings)}
+
+
+FAMILY = Family(
+    name="phi",
+    architectures=("PhiForCausalLM",),
+    spec_from_config=spec_from_config,
+    convert_weights=convert_weights,
+    hf_reference_class="AutoModelForCausalLM",
+    model_types=("phi",),
+)
