@@ -19,9 +19,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
+import re
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
 from mobilekit import families
 from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
@@ -93,29 +96,55 @@ class Checkpoint:
     def load_state_dict(self) -> dict[str, torch.Tensor]:
         return load_weights(self.path)
 
-    def build_decoder(self, dtype: torch.dtype = torch.float32) -> Decoder:
-        """The mobilekit decoder with this checkpoint's weights, in eval mode, no grads."""
+    def build_decoder(self, dtype: torch.dtype = torch.float32,
+                      prepare_layer: Callable[[nn.Module], None] | None = None) -> Decoder:
+        """The mobilekit decoder with this checkpoint's weights, in eval mode, no grads.
+
+        Weights are read one layer at a time (safetensors are opened per layer, so their
+        pages are unmapped again) and cast to `dtype` as they arrive; `prepare_layer` is
+        called on each decoder layer as soon as it is complete (a target quantizes there),
+        so a 7B model never exists whole at fp32: peak memory is the already prepared
+        layers plus one layer at `dtype`."""
+        spec = self.spec
         with torch.device("meta"):
-            decoder = Decoder(self.spec)
-        weights = self.family.convert_weights(self.load_state_dict(), self.spec)
-        if self.spec.tie_word_embeddings:
-            weights["lm_head.weight"] = weights["embed_tokens.weight"]
-        try:
-            decoder.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in {self.path} do not match its config: {e}") from e
-        if self.spec.tie_word_embeddings:
+            decoder = Decoder(spec)
+        expected = set(decoder.state_dict())
+        if spec.tie_word_embeddings:
+            expected.discard("lm_head.weight")
+        loaded: set[str] = set()
+        for layer, state in weight_groups(self.path):
+            weights = self.family.convert_weights(state, spec)
+            del state
+            unexpected = set(weights) - expected
+            if unexpected:
+                raise CheckpointError(f"weights in {self.path} do not match its config: unexpected {sorted(unexpected)}")
+            decoder.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=False, assign=True)
+            loaded |= set(weights)
+            del weights
+            if layer is not None and prepare_layer is not None:
+                prepare_layer(decoder.layers[layer])
+        missing = expected - loaded
+        if missing:
+            raise CheckpointError(f"weights in {self.path} do not match its config: missing {sorted(missing)[:8]}")
+        if spec.tie_word_embeddings:
             decoder.lm_head.weight = decoder.embed_tokens.weight
         return decoder.eval().requires_grad_(False)
 
-    def load_reference(self):
-        """transformers' eager fp32 model: the parity reference."""
+    @cached_property
+    def stored_dtype(self) -> torch.dtype:
+        """The dtype the checkpoint's weights are stored in (from config, else float32)."""
+        name = self.config.get("torch_dtype") or self.config.get("dtype") or "float32"
+        return getattr(torch, str(name).removeprefix("torch."), torch.float32)
+
+    def load_reference(self, dtype: torch.dtype = torch.float32):
+        """transformers' eager model (fp32 unless the model is too large for memory): the
+        parity reference."""
         if self.family.hf_reference_class is None:
             raise CheckpointError(f"family {self.family.name} has no transformers reference")
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=torch.float32, attn_implementation="eager", trust_remote_code=False
+            self.path, dtype=dtype, attn_implementation="eager", trust_remote_code=False
         )
         return model.eval().requires_grad_(False)
 
@@ -132,6 +161,45 @@ class Checkpoint:
                 "add the tokenizer files to the checkpoint folder"
             )
         return found
+
+
+_LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+def weight_groups(folder: Path) -> Iterator[tuple[int | None, dict[str, torch.Tensor]]]:
+    """(layer index, that layer's tensors) for every decoder layer in order, then
+    (None, everything else: embeddings, final norm, head). Safetensors are read lazily per
+    group; .bin files (whole-file pickles) are loaded once."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        state = load_weights(folder)
+        groups: dict = {}
+        for name in state:
+            m = _LAYER_INDEX.search(name)
+            groups.setdefault(int(m.group(1)) if m else None, {})[name] = state[name]
+        del state
+        for layer in sorted(k for k in groups if k is not None):
+            yield layer, groups.pop(layer)
+        yield None, groups.pop(None, {})
+        return
+    where: dict = {}  # layer -> {file: [names]}
+    try:
+        for f in files:
+            with safe_open(f, framework="pt") as handle:
+                for name in handle.keys():
+                    m = _LAYER_INDEX.search(name)
+                    where.setdefault(int(m.group(1)) if m else None, {}).setdefault(f, []).append(name)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{f} is not a readable safetensors file ({e}); re-download it") from e
+    for layer in sorted(k for k in where if k is not None) + [None]:
+        state = {}
+        for f, names in where.get(layer, {}).items():
+            with safe_open(f, framework="pt") as handle:
+                for name in names:
+                    state[name] = handle.get_tensor(name)
+        yield layer, state
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -182,9 +250,20 @@ def resolve(source: str) -> Checkpoint:
     return _from_hub(source)
 
 
-def resolve_spec(source: str) -> DecoderSpec:
-    """The DecoderSpec of a checkpoint, downloading at most its config.json from a hub."""
+def resolve_spec(source: str, stored_config: dict | None = None) -> DecoderSpec:
+    """The DecoderSpec of a checkpoint, downloading at most its config.json from a hub.
+
+    `stored_config` is a recipe's copy of that config.json (its [config] table): given it,
+    a hub id or the embedded model resolves offline, without any download. Local folders
+    and .gguf files are always read themselves."""
     path = Path(source).expanduser()
+    if stored_config and path.suffix != ".gguf" and not path.is_dir():
+        config = dict(stored_config)
+        family = families.for_architecture(config.get("architectures"), config.get("model_type"))
+        try:
+            return family.spec_from_config(config)
+        except KeyError as e:
+            raise CheckpointError(f"the stored config of {source} lacks the key {e}; fix the recipe's [config]") from e
     if source == EMBEDDED or path.suffix == ".gguf" or path.is_dir():
         return resolve(source).spec
     repo, _, revision = source.partition("@")

@@ -65,7 +65,18 @@ def support_markdown() -> str:
     for recipe in recipes.all_recipes():
         cells = [f"{support_cell(recipe, targets.get(t))} ({'/'.join(targets.get(t).schemes)})" for t in names]
         lines.append(f"| `{recipe.id}` | {recipe.family} | " + " | ".join(cells) + " |")
+    lines += ["", "Any checkpoint of these architectures exports with `--checkpoint DIR_OR_GGUF` and no recipe:", "",
+              "| family | architectures | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for family, architectures in family_rows():
+        cells = ["/".join(targets.get(t).schemes) for t in names]
+        lines.append(f"| {family} | {', '.join(architectures)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def family_rows() -> list[tuple[str, tuple[str, ...]]]:
+    from mobilekit import families
+
+    return [(name, families.get(name).architectures) for name in families.names()]
 
 
 @main.command("list")
@@ -88,6 +99,12 @@ def list_cmd(markdown):
     from rich.console import Console
 
     Console().print(table)
+    families_table = Table(title="families: any checkpoint of these architectures exports with --checkpoint")
+    for column in ("family", "architectures", *(f"{t} schemes" for t in targets.names())):
+        families_table.add_column(column)
+    for family, architectures in family_rows():
+        families_table.add_row(family, ", ".join(architectures), *("/".join(targets.get(t).schemes) for t in targets.names()))
+    Console().print(families_table)
 
 
 def support_cell(recipe, target) -> str:

@@ -9,12 +9,15 @@ resolve checkpoint -> family adapter -> mobilekit decoder  --stage 1 vs HF refer
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from mobilekit import bundle, quantize, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
@@ -55,26 +58,69 @@ class Context:
         self._reference = None
         self._stage1 = None
 
+    @property
+    def reference_dtype(self) -> torch.dtype:
+        """fp32 unless an fp32 copy of the model would not fit in memory (7B and up on a
+        24 GB machine): then the checkpoint's own bf16/fp16, with a matching stage-1 budget."""
+        if fits_in_memory(self.checkpoint.spec.num_parameters * 4):
+            return torch.float32
+        stored = self.checkpoint.stored_dtype
+        if stored == torch.float32 or not fits_in_memory(self.checkpoint.spec.num_parameters * 2, 0.75):
+            raise ExportError(
+                f"validating {self.checkpoint.path.name} needs its reference model in memory "
+                f"({self.checkpoint.spec.num_parameters * 2 / 1e9:.1f} GB at 16 bits) and this machine has "
+                f"{total_memory() / 1e9:.1f} GB: export with --no-validate here and validate the bundle on a "
+                "larger machine with `mobilekit validate`"
+            )
+        return stored
+
+    @property
+    def reference_name(self) -> str:
+        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return f"transformers eager {names[self.reference_dtype]}"
+
     def reference(self, progress: Progress) -> validate.Reference:
         if self._reference is None:
-            progress("running the reference (transformers eager fp32)")
-            model = self.checkpoint.load_reference()
+            progress(f"running the reference ({self.reference_name})")
+            model = self.checkpoint.load_reference(self.reference_dtype)
             self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len)
             del model
         return self._reference
 
     def stage1(self, progress: Progress) -> dict:
-        """The mobilekit decoder (eager, fp32) vs the reference: the same for every target."""
+        """The mobilekit decoder (eager, at the reference's dtype) vs the reference: the same
+        for every target."""
         if self._stage1 is None:
             reference = self.reference(progress)
             progress("stage 1: mobilekit decoder vs reference")
-            session = EagerSession(self.checkpoint.build_decoder(), self.max_seq_len)
+            dtype = self.reference_dtype
+            session = EagerSession(self.checkpoint.build_decoder(dtype), self.max_seq_len)
             metrics = validate.measure(session, reference)
-            self._stage1 = validate.stage_record(metrics, quantize.FP32_BUDGET, session.runtime)
+            budget = quantize.FP32_BUDGET if dtype == torch.float32 else quantize.BF16_REFERENCE_BUDGET
+            self._stage1 = validate.stage_record(metrics, budget, session.runtime)
+            del session
         return self._stage1
 
     def budget(self, scheme: str) -> quantize.Budget:
         return quantize.budget_for(scheme, self.budget_overrides.get(scheme))
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fits_in_memory(nbytes: int, share: float = 0.45) -> bool:
+    """Whether `nbytes` is at most `share` of physical memory. The default leaves room for
+    a second working set of similar size (a converter's copies); a model that is only
+    loaded, run and freed (the reference) may take 75%."""
+    return nbytes <= share * total_memory()
 
 
 def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_len: int | None,
@@ -112,13 +158,22 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     if destination.exists():
         raise BundleError(f"{destination} already exists; remove it or pass another --output")
 
+    quantize_layer = quantize.layer_quantizer(target.name, scheme)
+    if quantize_layer is None and not fits_in_memory(context.checkpoint.spec.num_parameters * 4):
+        raise ExportError(
+            f"the {target.name} target converts the whole fp32 model at once: "
+            f"{context.checkpoint.spec.num_parameters * 4 / 1e9:.1f} GB, too much for this machine's "
+            f"{total_memory() / 1e9:.1f} GB. Use --target executorch with --quant int4 or int8 "
+            "(quantized layer by layer as the weights load), or a machine with more memory."
+        )
     tokenizer = context.tokenizer
     stage1 = context.stage1(progress) if options.validate else None
 
     started = time.perf_counter()
     with bundle.staging(destination) as staging_dir:
+        progress("loading weights" + (f" and quantizing each layer ({scheme})" if quantize_layer else ""))
         request = targets.ExportRequest(
-            decoder=context.checkpoint.build_decoder(),
+            decoder=context.checkpoint.build_decoder(prepare_layer=quantize_layer),
             scheme=scheme,
             max_seq_len=context.max_seq_len,
             bos_id=tokenizer.bos_token_id,
@@ -138,7 +193,7 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
             progress(f"stage 2: {target.name} artefact vs reference")
             session = target.open_session(staging_dir, manifest)
             stage2 = _stage2(target, staging_dir, session, context, scheme)
-            validation = _validation_record(stage1, stage2)
+            validation = _validation_record(stage1, stage2, context.reference_name)
         manifest["validation"] = validation
         manifest = bundle.write_manifest(staging_dir, manifest)
         if validation["performed"] and not validation["passed"] and not options.keep_failed:
@@ -159,11 +214,11 @@ def _stage2(target, bundle_dir: Path, session, context: Context, scheme: str) ->
     return record
 
 
-def _validation_record(stage1: dict, stage2: dict) -> dict:
+def _validation_record(stage1: dict, stage2: dict, reference_name: str) -> dict:
     return {
         "performed": True,
         "passed": stage1["passed"] and stage2["passed"],
-        "reference": "transformers eager fp32",
+        "reference": reference_name,
         "prompts": validate.fixed_prompts(),
         "eval_tokens": validate.EVAL_TOKENS,
         "stage1": stage1,
@@ -207,7 +262,7 @@ def _manifest(context: Context, target, scheme: str, artefact, export_seconds: f
         "decoder_spec": spec,
         "io": artefact.io,
         "model_files": artefact.files,
-        "export": {"seconds": round(export_seconds, 2), **artefact.extra},
+        "export": {"seconds": round(export_seconds, 2), "peak_rss_mb": peak_rss_mb(), **artefact.extra},
     }
 
 
@@ -232,7 +287,7 @@ def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoin
     target.check_available()
     session = target.open_session(Path(bundle_dir), manifest)
     stage2 = _stage2(target, Path(bundle_dir), session, context, manifest["quant"])
-    validation = _validation_record(stage1, stage2)
+    validation = _validation_record(stage1, stage2, context.reference_name)
     bundle.update_validation(bundle_dir, validation)
     return validation
 

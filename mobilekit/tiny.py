@@ -172,3 +172,54 @@ def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0
     cfg["architectures"] = config["architectures"]
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     return folder
+
+
+def make_random_checkpoint(folder: Path, config: dict, dtype: torch.dtype = torch.bfloat16,
+                           shard_bytes: int = 4_000_000_000, std: float = 0.02, seed: int = 0) -> Path:
+    """A random-weight checkpoint of a real model's size, in the hub's layout (safetensors
+    shards of `shard_bytes` in `dtype`, an index, config.json, a small BPE tokenizer), written
+    tensor by tensor: memory stays at one tensor however large the model. For measuring
+    exports of 7B+ models (peak memory, time) without downloading them; numbers it yields
+    about quality are meaningless."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(hf_config).state_dict().items()}
+    if hf_config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    generator = torch.Generator().manual_seed(seed)
+    shards: list[dict] = [{}]
+    size = 0
+    for name, shape in shapes.items():
+        n = shape.numel() * torch.finfo(dtype).bits // 8
+        if shards[-1] and size + n > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = shape
+        size += n
+    weight_map = {}
+    for i, names in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in names.items():
+            if len(shape) == 1:  # norms and biases: near 1 / near 0 as trained models have
+                base = 1.0 if "norm" in name else 0.0
+                tensors[name] = (base + std * torch.randn(shape, generator=generator)).to(dtype)
+            else:
+                tensors[name] = (std * torch.randn(shape, generator=generator)).to(dtype)
+            weight_map[name] = file
+        save_file(tensors, folder / file, metadata={"format": "pt"})
+        del tensors
+    total = sum(s.numel() * torch.finfo(dtype).bits // 8 for s in shapes.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    hf_config.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"], cfg["torch_dtype"] = config["architectures"], str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_tiny_tokenizer(folder, 512)
+    return folder
