@@ -42,8 +42,13 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
     "generation_config.json",
+    "vocab.json",  # GPT-2-era byte-level BPE without a tokenizer.json (Cerebras-GPT)
+    "merges.txt",
 )
-HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", *TOKENIZER_FILES]
+SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+# Only for revisions that have no safetensors (MobileLLaMA, Cerebras-GPT, LaMini-GPT); loaded
+# with torch.load(weights_only=True).
+PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 # GGUF `general.architecture` -> the HF architecture transformers' GGUF loader builds.
 GGUF_ARCHITECTURES = {
@@ -155,9 +160,10 @@ class Checkpoint:
 
     def tokenizer_files(self) -> list[Path]:
         found = [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
-        if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in found):
+        names = {p.name for p in found}
+        if not ({"tokenizer.json", "tokenizer.model"} & names or {"vocab.json", "merges.txt"} <= names):
             raise CheckpointError(
-                f"{self.path} has no tokenizer (tokenizer.json or tokenizer.model); "
+                f"{self.path} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt); "
                 "add the tokenizer files to the checkpoint folder"
             )
         return found
@@ -358,10 +364,13 @@ def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
 
 def _from_hub(source: str) -> Checkpoint:
     repo, _, revision = source.partition("@")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     try:
-        folder = snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS)
+        files = HfApi().list_repo_files(repo, revision=revision or None)
+        weights = SAFETENSORS_PATTERNS if any(f.endswith(".safetensors") for f in files) else PICKLE_PATTERNS
+        folder = snapshot_download(repo, revision=revision or None,
+                                   allow_patterns=["config.json", *weights, *TOKENIZER_FILES])
     except Exception as e:  # offline, unreachable, gated, missing repo: one actionable message
         raise CheckpointError(
             f"could not fetch {source} from the Hugging Face hub ({type(e).__name__}: {e}). "

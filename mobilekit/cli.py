@@ -130,6 +130,10 @@ def info(recipe_id):
         "default quant": ", ".join(f"{t}={support_cell(recipe, targets.get(t))}" for t in targets.names()),
     }
     rows.update(_resolved_sizes(recipe))
+    if recipe.special_ids == "tokenizer":
+        rows["special ids"] = "bos/eos from the tokenizer (config.json's are ignored)"
+    if recipe.chat_template:
+        rows["prompt"] = "the recipe's chat template (the tokenizer has none)"
     if recipe.notes:
         rows["notes"] = recipe.notes
     for key, value in rows.items():
@@ -142,7 +146,7 @@ def _resolved_sizes(recipe) -> dict[str, str]:
     from mobilekit.errors import CheckpointError
 
     try:
-        spec = resolve_spec(recipe.checkpoint_source)
+        spec = resolve_spec(recipe.checkpoint_source, dict(recipe.config) or None)
     except CheckpointError as e:
         return {"sizes": f"unknown until the checkpoint is available ({str(e).split('(')[0].strip()})"}
     return {

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from mobilekit import bundle, quantize, targets, validate
+from mobilekit import bundle, quantize, recipes, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.recipes import Recipe
@@ -55,6 +55,9 @@ class Context:
         self.budget_overrides = budget_overrides if budget_overrides is not None else (
             {k: dict(v) for k, v in recipe.budgets.items()} if recipe else {})
         self.tokenizer = checkpoint.load_tokenizer()
+        if recipe and recipe.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            # a prompt format the checkpoint does not ship (LaMini-GPT's Alpaca wrapper)
+            self.tokenizer.chat_template = recipe.chat_template
         self._reference = None
         self._stage1 = None
 
@@ -83,7 +86,7 @@ class Context:
         if self._reference is None:
             progress(f"running the reference ({self.reference_name})")
             model = self.checkpoint.load_reference(self.reference_dtype)
-            self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len)
+            self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len, recipe=self.recipe)
             del model
         return self._reference
 
@@ -128,6 +131,8 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
     if recipe is None and checkpoint_source is None:
         raise ExportError("give a recipe, or --checkpoint PATH for a checkpoint without a recipe")
     checkpoint = resolve(checkpoint_source or recipe.checkpoint_source)
+    if recipe is not None:
+        recipes.check_checkpoint(recipe, checkpoint)  # the recipe's stored config is what info showed
     spec = checkpoint.spec
     if recipe is not None and checkpoint.family.name != recipe.family:
         raise ExportError(
@@ -177,7 +182,7 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
             scheme=scheme,
             max_seq_len=context.max_seq_len,
             bos_id=tokenizer.bos_token_id,
-            eos_ids=sorted(validate.stop_ids(tokenizer, context.checkpoint.config)),
+            eos_ids=sorted(validate.stop_ids(tokenizer, context.checkpoint.config, context.recipe)),
             out_dir=staging_dir,
             progress=progress,
         )
@@ -185,6 +190,10 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
         del request
         for path in context.checkpoint.tokenizer_files():
             shutil.copy2(path, staging_dir / path.name)
+        if not (staging_dir / "tokenizer.json").exists():
+            # vocab.json + merges.txt (Cerebras-GPT) or tokenizer.model only: every app runtime
+            # reads tokenizer.json, which the fast tokenizer writes from either.
+            tokenizer.backend_tokenizer.save(str(staging_dir / "tokenizer.json"))
         export_seconds = time.perf_counter() - started
         manifest = _manifest(context, target, scheme, artefact, export_seconds)
 
@@ -237,7 +246,7 @@ def _failure_message(validation: dict) -> str:
 
 def _manifest(context: Context, target, scheme: str, artefact, export_seconds: float) -> dict:
     tokenizer, checkpoint, recipe = context.tokenizer, context.checkpoint, context.recipe
-    stops = validate.stop_ids(tokenizer, checkpoint.config)
+    stops = validate.stop_ids(tokenizer, checkpoint.config, recipe)
     spec = dataclasses.asdict(checkpoint.spec)
     spec.pop("extra", None)
     return {

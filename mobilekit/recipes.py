@@ -1,22 +1,36 @@
 """Recipes: one TOML file per checkpoint in mobilekit/recipes/ (id = file stem).
 
 They ship inside the package so an installed mobilekit finds them without a source tree.
+
+Each recipe pins a hub commit and stores, in its [config] table, the architecture-relevant
+keys of that commit's config.json. `mobilekit info` builds the DecoderSpec from that table
+without any network access, and `check_config` compares a downloaded config.json against it,
+so a wrong snapshot fails loudly instead of silently producing a different spec.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
+from typing import Mapping
 
-from mobilekit.errors import RecipeError, UnknownNameError
+from mobilekit.errors import CheckpointError, RecipeError, UnknownNameError
 
 _KNOWN_KEYS = {
     "name", "family", "repo", "revision", "default_checkpoint", "max_seq_len",
     "default_quant", "budgets", "license", "stop_strings", "notes",
+    "config", "special_ids", "chat_template",
 }
+# Where bos/eos ids come from: "config" (config.json's eos_token_id, plus the tokenizer's
+# eos) or "tokenizer" (the tokenizer's alone: Fox-1's config.json has bos/eos swapped
+# against its Gemma tokenizer, ARCHITECTURES.md §1).
+SPECIAL_IDS = ("config", "tokenizer")
+# TOML has no null: the [config] table lists the keys whose config.json value is null here.
+NULL_KEYS = "_null"
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,12 @@ class Recipe:
     default_checkpoint: str = ""
     stop_strings: tuple[str, ...] = ()
     notes: str = ""
+    # Architecture-relevant keys of config.json at `revision` (None = JSON null).
+    config: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    special_ids: str = "config"
+    # A Jinja chat template (the format of tokenizer_config.json's chat_template) for
+    # checkpoints whose tokenizer has none, e.g. LaMini's Alpaca wrapper.
+    chat_template: str = ""
 
     def __post_init__(self):
         from mobilekit import families, quantize, targets
@@ -58,10 +78,73 @@ class Recipe:
                 )
         for scheme, bounds in self.budgets.items():
             quantize.budget_for(scheme).with_overrides(bounds)  # raises on unknown names
+        if self.special_ids not in SPECIAL_IDS:
+            raise RecipeError(
+                f"recipe {self.id}: special_ids {self.special_ids!r} must be one of {', '.join(SPECIAL_IDS)}"
+            )
+        if self.config:
+            claimed = families.for_architecture(self.config.get("architectures"), self.config.get("model_type"))
+            if claimed.name != self.family:
+                raise RecipeError(
+                    f"recipe {self.id}: [config] describes a {claimed.name} checkpoint "
+                    f"({self.config.get('architectures')}), but family is {self.family!r}"
+                )
 
     @property
     def checkpoint_source(self) -> str:
         return self.default_checkpoint or f"{self.repo}@{self.revision}"
+
+    def spec(self):
+        """The DecoderSpec of the pinned checkpoint, from the stored [config] (no network)."""
+        from mobilekit import families
+
+        if not self.config:
+            raise RecipeError(f"recipe {self.id} has no [config] table to build a spec from")
+        try:
+            return families.get(self.family).spec_from_config(dict(self.config))
+        except KeyError as e:
+            raise RecipeError(f"recipe {self.id}: [config] lacks the key {e} that family {self.family} reads") from e
+
+
+def check_config(recipe: Recipe, downloaded: Mapping) -> None:
+    """Raise CheckpointError if a downloaded config.json disagrees with the recipe's stored
+    [config] on any key the recipe stores, naming every differing key. A missing key counts
+    as null. Call it on the config.json of the snapshot an export is about to use."""
+    differing = []
+    for key, want in recipe.config.items():
+        got = downloaded.get(key)
+        if not _same(want, got):
+            shown = "(missing)" if key not in downloaded else repr(got)
+            differing.append(f"{key}: recipe {want!r}, checkpoint {shown}")
+    if differing:
+        raise CheckpointError(
+            f"the config.json of {recipe.repo}@{recipe.revision} does not match recipe {recipe.id} on "
+            f"{len(differing)} key(s): " + "; ".join(differing) + ". The snapshot is not the pinned checkpoint "
+            "(or the recipe's [config] is wrong): re-download it, or fix the recipe's revision and [config]."
+        )
+
+
+def check_checkpoint(recipe: Recipe, checkpoint) -> None:
+    """check_config on a resolved checkpoint.Checkpoint when it is the recipe's pinned hub
+    snapshot (source kind "hub", same repo and revision). Other sources (the embedded GGUF,
+    whose config transformers rebuilds from GGUF metadata; local folders; another repo or
+    revision given with --checkpoint) are the user's choice and are not compared."""
+    source = checkpoint.source
+    if source.get("kind") == "hub" and source.get("repo") == recipe.repo and source.get("revision") == recipe.revision:
+        check_config(recipe, checkpoint.config)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        # float32 round trips (1e-05 -> 9.99999974e-06) are the same value
+        return a == b or math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def names() -> list[str]:
@@ -112,4 +195,20 @@ def from_dict(recipe_id: str, data: dict) -> Recipe:
         default_checkpoint=data.get("default_checkpoint", ""),
         stop_strings=tuple(data.get("stop_strings", ())),
         notes=data.get("notes", ""),
+        config=MappingProxyType(_config_table(recipe_id, data.get("config", {}))),
+        special_ids=data.get("special_ids", "config"),
+        chat_template=data.get("chat_template", ""),
     )
+
+
+def _config_table(recipe_id: str, table: Mapping) -> dict:
+    if not isinstance(table, Mapping):
+        raise RecipeError(f"recipe {recipe_id}: [config] must be a table of config.json keys")
+    config = {k: v for k, v in table.items() if k != NULL_KEYS}
+    for key in table.get(NULL_KEYS, ()):
+        if key in config:
+            raise RecipeError(f"recipe {recipe_id}: [config] gives {key!r} a value and lists it in {NULL_KEYS}")
+        config[key] = None
+    if config and not (config.get("architectures") or config.get("model_type")):
+        raise RecipeError(f"recipe {recipe_id}: [config] needs architectures or model_type")
+    return config

@@ -59,16 +59,26 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def stop_ids(tokenizer, config: dict) -> set[int]:
-    ids = config.get("eos_token_id")
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+def stop_ids(tokenizer, config: dict, recipe=None) -> set[int]:
+    """Token ids that end generation: config.json's eos_token_id (one id or a list, e.g.
+    Llama 3.1's three), the tokenizer's eos, and each of the recipe's stop strings that is a
+    single special token (e.g. Gemma's <end_of_turn>). A recipe with special_ids =
+    "tokenizer" ignores config.json (Fox-1: its config has bos/eos swapped)."""
+    ids = set()
+    if recipe is None or recipe.special_ids == "config":
+        configured = config.get("eos_token_id")
+        ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    if recipe is not None:
+        added = tokenizer.get_added_vocab()
+        ids.update(added[text] for text in recipe.stop_strings if text in added)
     return ids
 
 
 @torch.no_grad()
-def compute_reference(model, tokenizer, max_seq_len: int, greedy_tokens: int = GREEDY_TOKENS) -> Reference:
+def compute_reference(model, tokenizer, max_seq_len: int, greedy_tokens: int = GREEDY_TOKENS,
+                      recipe=None) -> Reference:
     eval_ids = tokenizer(eval_text())["input_ids"][: min(EVAL_TOKENS, max_seq_len)]
     logits = model(torch.tensor([eval_ids])).logits[0].float().numpy()
     prompts = {}
@@ -77,7 +87,7 @@ def compute_reference(model, tokenizer, max_seq_len: int, greedy_tokens: int = G
         prompts[f"chat{i}"] = encode_prompt(tokenizer, text, chat=True)
     for i, text in enumerate(spec["text"]):
         prompts[f"text{i}"] = encode_prompt(tokenizer, text, chat=False)
-    stops = stop_ids(tokenizer, model.config.to_dict())
+    stops = stop_ids(tokenizer, model.config.to_dict(), recipe)
     greedy = {}
     for name, ids in prompts.items():
         budget = min(greedy_tokens, max_seq_len - len(ids))
