@@ -237,9 +237,9 @@ class Decoder(nn.Module):
         """input_ids [B,T]; rope {kind: (cos, sin)} [T, rotary_width] for the positions of
         those tokens; positions [T] int64 (read only with learned position embeddings)."""
         spec = self.spec
-        # once, broadcast over heads in every layer
-        rope = {kind: (cos.unsqueeze(1), sin.unsqueeze(1)) for kind, (cos, sin) in rope.items()}
         h = self.embed_tokens(input_ids)
+        # once, broadcast over heads in every layer; in the activation dtype, as HF casts them
+        rope = {kind: (cos.to(h.dtype).unsqueeze(1), sin.to(h.dtype).unsqueeze(1)) for kind, (cos, sin) in rope.items()}
         if spec.learned_positions:
             h = h + self.embed_positions(positions)
         if spec.embedding_scale != 1.0:

@@ -68,3 +68,12 @@ def test_reference_falls_back_to_the_stored_16_bit_dtype(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "total_memory", lambda: int(fp32_bytes / 0.6))  # fp32 too big, bf16 fits
     assert context.reference_dtype == torch.bfloat16
     assert context.reference_name == "transformers eager bf16"
+
+
+def test_stage1_in_bf16_passes_its_budget(tmp_path, monkeypatch):
+    folder = make_random_checkpoint(tmp_path / "r", TINY_CONFIGS["qwen2"])
+    context = pipeline.make_context(None, str(folder), 64)
+    monkeypatch.setattr(pipeline, "total_memory", lambda: int(context.checkpoint.spec.num_parameters * 4 / 0.6))
+    stage1 = context.stage1(lambda _m: None)
+    assert stage1["passed"], stage1["misses"]
+    assert stage1["budget"] == quantize.BF16_REFERENCE_BUDGET.as_dict()
