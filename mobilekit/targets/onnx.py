@@ -11,8 +11,11 @@ Contract (the layout of Hugging Face / optimum decoder exports, which GenAI read
 present = concat(past, new): the app feeds each present back as the next past. T and P are
 dynamic; P is 0 on the first call. The graph is exported with `torch.onnx.export(dynamo=True)`
 from a wrapper around the one mobilekit decoder, at opset 23 (ONNX Runtime >= 1.23): each
-layer is RMSNormalization, MatMuls, RotaryEmbedding and one Attention node (GQA, past and
-present inside). int8/int4 are ONNX Runtime's own MatMulNBits weight quantizer.
+layer is RMSNormalization (LayerNormalization for LayerNorm families), MatMuls,
+RotaryEmbedding (rotary_embedding_dim for partial rotary) and one Attention node (GQA, past
+and present inside, softcap for Gemma 2). Sliding-window layers keep a full-length past and
+read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are ONNX Runtime's own
+MatMulNBits weight quantizer.
 """
 
 from __future__ import annotations
@@ -84,11 +87,13 @@ def _onnx_ops() -> dict:
     from torch.library import custom_op
     from onnxscript import opset23 as op
 
+    from mobilekit.modeling.decoder import Rotary
+
     @custom_op("mobilekit_onnx::rotary", mutates_args=())
     def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [B,T,heads,hd]; cos/sin [T,1,hd], HF half-split layout (decoder.Rotary)
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+        # x [B,T,heads,hd]; cos/sin [T,1,r], HF half-split layout within the first r lanes,
+        # the rest pass through (decoder.Rotary; r < hd is partial rotary)
+        return Rotary()(x, cos, sin)
 
     @rotary.register_fake
     def _(x, cos, sin):
@@ -96,18 +101,26 @@ def _onnx_ops() -> dict:
 
     @custom_op("mobilekit_onnx::attention", mutates_args=())
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
-                  past_v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # q [B,T,H,hd], k/v [B,T,KV,hd], mask [T,P+T] additive, past [B,KV,P,hd]
+                  past_v: torch.Tensor, scale: float,
+                  softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # q [B,T,H,hd], k/v [B,T,KV,hd], mask [T,P+T] additive, past [B,KV,P,hd]; softcap 0 = none.
+        # ONNX Attention (opset 23) caps the scaled scores before it adds the mask, as here.
         b, t, h, hd = q.shape
         k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
         v = torch.cat([past_v, v.transpose(1, 2)], dim=2)
-        out = nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k, v, attn_mask=mask, scale=scale, enable_gqa=h != k.shape[1]
-        )
+        groups = h // k.shape[1]
+        if softcap:
+            kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+            scores = torch.tanh(q.transpose(1, 2) @ kk.transpose(-1, -2) * (scale / softcap)) * softcap
+            out = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype) @ vv
+        else:
+            out = nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k, v, attn_mask=mask, scale=scale, enable_gqa=groups != 1
+            )
         return out.transpose(1, 2).reshape(b, t, h * hd), k, v
 
     @attention.register_fake
-    def _(q, k, v, mask, past_k, past_v, scale):
+    def _(q, k, v, mask, past_k, past_v, scale, softcap):
         b, t, h, hd = q.shape
         total = past_k.shape[2] + k.shape[1]
         present = (b, past_k.shape[1], total, hd)
@@ -127,22 +140,27 @@ def _onnx_ops() -> dict:
         return op.Reshape(x, op.Constant(value_ints=[0, 0, -1]))
 
     def rotary_onnx(x, cos, sin):
-        heads, hd = x.shape[2], x.shape[3]
-        # RotaryEmbedding without position_ids takes cos/sin [B,T,hd/2] (the table's first half)
-        half = op.Constant(value_ints=[hd // 2])
+        heads, hd, r = x.shape[2], x.shape[3], cos.shape[-1]
+        # RotaryEmbedding without position_ids takes cos/sin [B,T,r/2] (the table's first half).
+        # Partial rotary: rotary_embedding_dim = r rotates the first r lanes (half-split within
+        # them) and passes the rest through, which ONNX Runtime's CPU kernel does (tested).
+        half = op.Constant(value_ints=[r // 2])
         zero, last = op.Constant(value_ints=[0]), op.Constant(value_ints=[2])
-        shape = op.Constant(value_ints=[1, -1, hd // 2])
+        shape = op.Constant(value_ints=[1, -1, r // 2])
         cos_half = op.Reshape(op.Slice(cos, zero, half, last), shape)
         sin_half = op.Reshape(op.Slice(sin, zero, half, last), shape)
         x3 = flat(x)
-        out = op.RotaryEmbedding(x3, cos_half, sin_half, num_heads=heads)
+        partial = {"rotary_embedding_dim": r} if r != hd else {}
+        out = op.RotaryEmbedding(x3, cos_half, sin_half, num_heads=heads, **partial)
         out.shape, out.type = x3.shape, x3.type  # same as its input: lets attention's flat() see through
         return op.Reshape(out, op.Constant(value_ints=[0, 0, heads, hd]))
 
-    def attention_onnx(q, k, v, mask, past_k, past_v, scale: float):
+    def attention_onnx(q, k, v, mask, past_k, past_v, scale: float, softcap: float):
+        # softcap (Gemma 2): ONNX Runtime's CPU Attention caps before the mask (tested).
+        capped = {"softcap": softcap} if softcap else {}
         out, present_k, present_v, _ = op.Attention(
             flat(q), flat(k), flat(v), mask, past_k, past_v,
-            q_num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=scale,
+            q_num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=scale, **capped,
         )
         return out, present_k, present_v
 
@@ -195,45 +213,63 @@ def _onnx_modules(decoder: Decoder):
             setattr(parent, name, child)
 
 
+def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtype) -> dict:
+    """{window: additive mask [T, P+T]}, one per distinct `spec.layer_window` (None = full
+    causal). Query i sits at position P+i (from shapes); a key is visible iff it is at or
+    before the query, inside the window if any, and attention_mask[0, key] is 1."""
+    total = attention_mask.shape[1]
+    key_pos = torch.arange(total, device=attention_mask.device)
+    query_pos = torch.arange(t, device=attention_mask.device) + (total - t)
+    causal = (key_pos[None, :] <= query_pos[:, None]) & attention_mask[0].bool()[None, :]
+    masks = {}
+    for window in sorted({spec.layer_window(i) for i in range(spec.num_layers)}, key=lambda w: w or 0):
+        allowed = causal if window is None else causal & (key_pos[None, :] > query_pos[:, None] - window)
+        masks[window] = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+    return masks
+
+
 class OnnxDecoder(nn.Module):
     """The decoder with past/present KV tensors in GenAI's layout [1, kv_heads, seq, head_dim].
 
-    Positions come from `position_ids` (rotary cos/sin gathered from a max_seq_len table);
-    the causal mask comes from shapes (query i sits at P+i and sees keys 0..P+i), combined
-    with `attention_mask` for padded keys.
+    Positions come from `position_ids`: rotary cos/sin gathered from one max_seq_len table
+    per kind (Gemma 3's sliding layers have their own base), learned position embeddings
+    (GPT-2) gathered likewise. The causal mask comes from shapes (query i sits at P+i and
+    sees keys 0..P+i), combined with `attention_mask` for padded keys; sliding layers get a
+    second mask that also hides keys at or before query - window. Both are built once per
+    forward and shared by the layers; the cache stays full length.
     """
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
         super().__init__()
         spec = decoder.spec
         self.decoder = decoder
-        dtype = decoder.embed_tokens.weight.dtype
-        cos, sin = rotary_tables(spec, max_seq_len)
-        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
-        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+        self.dtype = decoder.embed_tokens.weight.dtype
+        for kind, (cos, sin) in rotary_tables(spec, max_seq_len).items():
+            self.register_buffer(f"rope_cos_{kind}", cos.to(self.dtype), persistent=False)
+            self.register_buffer(f"rope_sin_{kind}", sin.to(self.dtype), persistent=False)
 
     def forward(self, input_ids, attention_mask, position_ids, past: list[torch.Tensor]):
         spec = self.decoder.spec
-        dtype = self.rope_cos.dtype
-        t, total = input_ids.shape[1], attention_mask.shape[1]
+        t = input_ids.shape[1]
         positions = position_ids[0]
-        cos, sin = self.rope_cos.index_select(0, positions), self.rope_sin.index_select(0, positions)
+        rope = {
+            kind: (getattr(self, f"rope_cos_{kind}").index_select(0, positions),
+                   getattr(self, f"rope_sin_{kind}").index_select(0, positions))
+            for kind in spec.rope_kinds
+        }
 
-        key_pos = torch.arange(total, device=input_ids.device)
-        query_pos = torch.arange(t, device=input_ids.device) + (total - t)
-        allowed = (key_pos[None, :] <= query_pos[:, None]) & attention_mask[0].bool()[None, :]
-        if spec.sliding_window is not None:
-            allowed = allowed & (key_pos[None, :] > query_pos[:, None] - spec.sliding_window)
-        mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)  # [T, P+T]
-        scale = spec.attention_scale
+        masks = additive_masks(spec, t, attention_mask, self.dtype)
+        scale, softcap = spec.attention_scale, spec.attention_softcap or 0.0
         presents: list[torch.Tensor] = []
 
         def attend(i, q, k, v):
-            out, k, v = torch.ops.mobilekit_onnx.attention(q, k, v, mask, past[2 * i], past[2 * i + 1], scale)
+            out, k, v = torch.ops.mobilekit_onnx.attention(
+                q, k, v, masks[spec.layer_window(i)], past[2 * i], past[2 * i + 1], scale, softcap
+            )
             presents.extend((k, v))
             return out
 
-        logits = self.decoder(input_ids, cos, sin, attend)
+        logits = self.decoder(input_ids, rope, attend, positions=positions)
         return (logits.float(), *presents)
 
 
@@ -581,7 +617,9 @@ def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int])
         },
         "eos_token_id": eos[0] if len(eos) == 1 else eos,
         "pad_token_id": eos[0] if eos else 0,
-        # GenAI picks its model class by type; every mobilekit decoder is a plain decoder-only LM.
+        # GenAI picks its model class (how it feeds inputs and the cache) by type; every mobilekit
+        # graph has the same decoder-only I/O whatever the family, which "llama" names. Family
+        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one.
         "type": "llama",
         "vocab_size": spec.vocab_size,
     }
@@ -604,6 +642,22 @@ def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int])
         "top_p": 1.0,
     }
     return {"model": model, "search": search}
+
+
+def sliding_window_note(spec) -> dict | None:
+    """How sliding-window layers are run (None if the model has none): the past stays full
+    length and the window is a mask, so results are exact at any context but the cache of
+    a sliding layer is as large as a full layer's."""
+    layers = [i for i in range(spec.num_layers) if spec.layer_window(i)]
+    if not layers:
+        return None
+    return {
+        "window": spec.sliding_window,
+        "layers": layers,
+        "cache": "full length: past/present of sliding layers hold every position, like the other layers",
+        "masking": "inside the graph: in a sliding layer query position q sees key positions k with "
+        "q - window < k <= q (and attention_mask[k] = 1)",
+    }
 
 
 def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
@@ -633,6 +687,7 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
             "present_value_names": PRESENT_VALUE,
             "max_seq_len": max_seq_len,
             "first_call_past_sequence_length": 0,
+            "sliding_window": sliding_window_note(spec),
         },
         "genai_config": GENAI_CONFIG,
     }

@@ -229,6 +229,234 @@ def test_runtime_versions():
     assert {"onnx", "onnxruntime", "onnxruntime-genai", "torch"} <= set(versions)
 
 
+# --- partial rotary, softcap and sliding windows: the opset-23 nodes against the reference ----
+
+
+def _op_session(module, args):
+    """`module` (calling the mobilekit_onnx ops) through torch.onnx with the target's
+    translations, in an ONNX Runtime CPU session; returns (session, model proto)."""
+    import onnxruntime as ort
+
+    from mobilekit.targets.onnx import OPSET, _onnx_ops
+
+    program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
+                                custom_translation_table=_onnx_ops()["translations"])
+    model = program.model_proto
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), model
+
+
+def _run(session, *arrays):
+    return session.run(None, {i.name: np.asarray(a) for i, a in zip(session.get_inputs(), arrays)})
+
+
+def _attrs(node):
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("width", [16, 8, 4])
+def test_rotary_node_rotates_only_the_first_rotary_lanes(width):
+    """Partial rotary (GPT-NeoX, Phi-2, StableLM): RotaryEmbedding's rotary_embedding_dim
+    rotates the first `width` lanes, half-split within them, and passes the rest through."""
+    from mobilekit.modeling.decoder import Rotary
+    from mobilekit.targets.onnx import _onnx_ops
+
+    _onnx_ops()
+
+    class Rotate(torch.nn.Module):
+        def forward(self, x, cos, sin):
+            return torch.ops.mobilekit_onnx.rotary(x, cos, sin)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 5, 4, 16, generator=gen)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, width, 2).float() / width)
+    angles = torch.outer(torch.arange(7, 12).float(), inv_freq).repeat(1, 2)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # [T,1,width], as the decoder passes them
+    want = Rotary()(x, cos, sin).numpy()
+    np.testing.assert_allclose(Rotate()(x, cos, sin).numpy(), want, atol=1e-6)
+
+    session, model = _op_session(Rotate(), (x, cos, sin))
+    (node,) = [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    assert (_attrs(node).get("rotary_embedding_dim") or 16) == width  # 0 = the whole head
+    (got,) = _run(session, x, cos, sin)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(got[..., width:], x[..., width:].numpy())
+    if width < 16:
+        assert np.abs(got[..., :width] - x[..., :width].numpy()).max() > 0.1
+
+
+@pytest.mark.parametrize("softcap,window", [(3.0, None), (None, 4), (3.0, 4)])
+def test_attention_node_softcap_and_window_match_the_reference(softcap, window):
+    """Gemma 2's score softcap (capped before the mask) and a sliding window with a past
+    (P=7, T=5, GQA): ONNX Runtime's Attention node and the custom op's eager math both equal
+    decoder.attention; the windowed mask is decoder.attention_mask's."""
+    from mobilekit.modeling import DecoderSpec
+    from mobilekit.modeling.decoder import attention, attention_mask
+    from mobilekit.targets.onnx import _onnx_ops, additive_masks
+
+    _onnx_ops()
+    p, t, heads, kv_heads, hd, scale = 7, 5, 4, 2, 16, 0.2
+    spec = DecoderSpec(vocab_size=8, hidden_size=64, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
+                       head_dim=hd, intermediate_size=8, max_position_embeddings=64, sliding_window=window,
+                       attention_softcap=softcap)
+    (mask,) = additive_masks(spec, t, torch.ones(1, p + t, dtype=torch.long), torch.float32).values()
+    allowed = attention_mask(torch.arange(p, p + t), torch.arange(p + t), window)
+    assert torch.equal(mask == 0, allowed)
+
+    gen = torch.Generator().manual_seed(0)
+    q = 2 * torch.randn(1, t, heads, hd, generator=gen)
+    k = 2 * torch.randn(1, t, kv_heads, hd, generator=gen)
+    v = torch.randn(1, t, kv_heads, hd, generator=gen)
+    past_k = 2 * torch.randn(1, kv_heads, p, hd, generator=gen)
+    past_v = torch.randn(1, kv_heads, p, hd, generator=gen)
+    keys, values = torch.cat([past_k.transpose(1, 2), k], 1), torch.cat([past_v.transpose(1, 2), v], 1)
+    want = attention(q, keys, values, allowed, scale, softcap)
+    # the case bites: without the cap, or without the window, the result is another one
+    plain = attention(q, keys, values, attention_mask(torch.arange(p, p + t), torch.arange(p + t), None), scale)
+    assert (want - plain).abs().max() > 0.05
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v, mask, past_k, past_v):
+            return torch.ops.mobilekit_onnx.attention(q, k, v, mask, past_k, past_v, scale, softcap or 0.0)
+
+    args = (q, k, v, mask, past_k, past_v)
+    eager_out, eager_k, _ = Attend()(*args)
+    torch.testing.assert_close(eager_out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager_k, keys.transpose(1, 2))
+
+    session, model = _op_session(Attend(), args)
+    (node,) = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert _attrs(node).get("softcap", 0.0) == pytest.approx(softcap or 0.0)
+    out, present_k, present_v = _run(session, *args)
+    np.testing.assert_allclose(out, want.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(present_k, keys.transpose(1, 2).numpy())
+    np.testing.assert_array_equal(present_v, values.transpose(1, 2).numpy())
+
+
+# Gemma 2: softcaps, sliding layers 0 and 2; Gemma 3: q/k norms, local rotary base, sliding
+# layers 0 and 1; GPT-NeoX / StableLM 25% and Phi-2 50% rotary; GPT-2 learned positions.
+FEATURE_FAMILIES = ["gemma2", "gemma3", "gpt_neox", "phi", "stablelm", "gpt2"]
+
+
+@pytest.fixture(scope="module")
+def family_bundles(tmp_path_factory):
+    """family_bundles(family, scheme) -> (checkpoint, bundle folder, artefact), exported once
+    with a 64-token context (tiny windows are 16 tokens)."""
+    from mobilekit.tiny import TINY_CONFIGS, make_tiny_checkpoint
+
+    made = {}
+
+    def get(family, scheme="fp32"):
+        if (family, scheme) not in made:
+            root = tmp_path_factory.mktemp(f"{family}-{scheme}")
+            ckpt = checkpoint.resolve(str(make_tiny_checkpoint(root / "checkpoint", TINY_CONFIGS[family])))
+            made[family, scheme] = (ckpt, *export_bundle(ckpt, scheme, root / "bundle", max_seq_len=64))
+        return made[family, scheme]
+
+    return get
+
+
+@pytest.mark.parametrize("family", FEATURE_FAMILIES)
+def test_family_graph_matches_the_decoder_past_its_window(family_bundles, family):
+    """Prefill 20 tokens, then one token a step up to 40 (past the 16-token windows): plain
+    ONNX Runtime equals the eager decoder; each layer is one Attention node (with the model's
+    softcap) reading the mask of its own window, RotaryEmbedding nodes carry the rotary
+    width, LayerNorm families use LayerNormalization."""
+    import onnx
+
+    from mobilekit.modeling import EagerDecoder
+
+    ckpt, path, artefact = family_bundles(family)
+    decoder = ckpt.build_decoder()
+    spec = decoder.spec
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = EagerDecoder(decoder)(ids)[0, 19:].numpy()
+    s = TARGET.open_session(path, {"max_seq_len": 64})
+    s.reset()
+    got = np.stack([s.step(ids[0, :20].tolist())] + [s.step([int(t)]) for t in ids[0, 20:]])
+    assert np.abs(got - want).max() <= 1e-4
+
+    nodes = list(onnx.load(str(path / "model.onnx"), load_external_data=False).graph.node)
+    layers = range(spec.num_layers)
+    attention = [n for n in nodes if n.op_type == "Attention"]
+    assert len(attention) == spec.num_layers
+    softcaps = [_attrs(n).get("softcap", 0.0) for n in attention]
+    assert softcaps == pytest.approx([spec.attention_softcap or 0.0] * spec.num_layers)
+    windows = [spec.layer_window(i) for i in layers]
+    masks = [n.input[3] for n in attention]
+    assert len(set(masks)) == len(set(windows))  # one mask per window, built once
+    assert all((masks[i] == masks[j]) == (windows[i] == windows[j]) for i in layers for j in layers)
+
+    rotary = [n for n in nodes if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == (2 * spec.num_layers if spec.rotary_width else 0)
+    assert {_attrs(n).get("rotary_embedding_dim") or spec.head_dim for n in rotary} <= {spec.rotary_width}
+    norm = "LayerNormalization" if spec.norm == "layer" else "RMSNormalization"
+    per_layer = (1 if spec.residual == "parallel_shared_norm" else 2) + 2 * spec.sandwich_norms + 2 * spec.qk_norm
+    assert sum(n.op_type == norm for n in nodes) == per_layer * spec.num_layers + 1  # one node per norm
+
+    note = artefact.io["kv_cache"]["sliding_window"]
+    if spec.has_sliding_layers:
+        assert note["window"] == 16 and note["layers"] == [i for i in layers if windows[i]]
+    else:
+        assert note is None
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "gpt2"])
+def test_genai_runs_the_family_past_its_window(family_bundles, family):
+    """ONNX Runtime GenAI (type "llama" for every family) on a 30-token prompt and 14 new
+    tokens, past the 16-token windows: the eager decoder's greedy tokens."""
+    from mobilekit.runtime.eager import EagerSession
+
+    ckpt, path, _ = family_bundles(family)
+    prompt = torch.randint(3, 512, (30,), generator=torch.Generator().manual_seed(2)).tolist()
+    eager = EagerSession(ckpt.build_decoder(), 64)
+    eager.reset()
+    logits, expected = eager.step(prompt), []
+    for _ in range(14):
+        expected.append(int(np.argmax(logits)))
+        logits = eager.step([expected[-1]])
+    assert TARGET.app_runtime_greedy(path, prompt, 14) == expected
+
+
+def test_int4_reaches_tied_biased_and_position_weights(family_bundles):
+    """GPT-2: tied token embedding read from the lm head's int4 blocks, the learned position
+    table left a float Gather, every linear (all biased) MatMulNBits. Phi-2: untied head
+    quantized with its bias added after, token embedding fp32."""
+    import onnx
+
+    for family, shared in (("gpt2", True), ("phi", False)):
+        ckpt, path, artefact = family_bundles(family, "int4")
+        spec = ckpt.spec
+        model = onnx.load(str(path / "model.onnx"), load_external_data=False)
+        inits = {i.name: i for i in model.graph.initializer}
+        nodes = list(model.graph.node)
+        linears = spec.num_layers * (4 + (3 if spec.mlp == "gated" else 2)) + 1
+        assert sum(n.op_type == "MatMulNBits" for n in nodes) == linears
+        assert not [n for n in nodes if n.op_type == "MatMul" and n.input[1] in inits]
+        assert artefact.extra["quantization"]["embedding"].startswith("int4" if shared else "fp32")
+        gathers = {n.input[0]: n.op_type for n in nodes if n.op_type.startswith("Gather") and n.input[0] in inits}
+        if family == "gpt2":
+            assert [n.input[1] for n in nodes if n.op_type == "GatherBlockQuantized"] == ["input_ids"]
+            assert gathers["decoder.embed_positions.weight"] == "Gather"
+            assert list(inits["decoder.embed_positions.weight"].dims) == [256, 64]
+        else:
+            head = next(n for n in nodes if n.name.startswith("decoder.lm_head"))
+            (add,) = [n for n in nodes if head.output[0] in n.input]
+            assert add.op_type == "Add" and "decoder.lm_head.bias" in add.input
+            assert gathers["decoder.embed_tokens.weight"] == "Gather"
+
+
+def test_llama_layers_stay_a_few_fused_nodes(bundles):
+    """The decode speed of Llama-like models rests on ~17 nodes a layer (RMSNormalization,
+    MatMuls, RotaryEmbedding, Attention); decomposed, a layer is ~70."""
+    import onnx
+
+    nodes = onnx.load(str(bundles["fp32"][0] / "model.onnx"), load_external_data=False).graph.node
+    assert len(nodes) <= 40 + 17 * 2
+
+
 # --- the real SmolLM2-135M-Instruct -----------------------------------------------------
 
 
