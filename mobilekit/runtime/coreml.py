@@ -131,8 +131,10 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
 
     By name first (coremltools keeps torch.export's `p_decoder_<key>` and appends pass
     suffixes); then, for keys still unresolved, linear weights by the order of `linear`
-    ops in the graph and the embedding by the one `gather` over a table of its shape, each
-    checked by shape. Returns (key -> op, keys with no op)."""
+    ops in the graph and the embeddings by the one `gather` over a table of their shape,
+    each checked by shape; then a linear's bias by the bias input of the `linear` op its
+    weight was found in (which also finds a bias that coremltools' const deduplication
+    merged into an identical one). Returns (key -> op, keys with no op)."""
     ops = weight_ops(program)
     by_base: dict[str, object] = {}
     for name, op in ops.items():
@@ -148,13 +150,19 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
         for k in group:
             sources[k] = op
 
+    def assign(key, op):
+        for g in unresolved:
+            if key in g:
+                for kk in g:
+                    sources[kk] = op
+
+    main = program.functions["main"]
     claimed = {id(op) for op in sources.values()}
+    linear_modules = [n for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
     if unresolved:
-        main = program.functions["main"]
         # linear weights in execution order (module registration order is forward order)
-        linear_keys = [f"{n}.weight" for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
         pending = {k for g in unresolved for k in g}
-        want = [k for k in linear_keys if k in pending]
+        want = [f"{n}.weight" for n in linear_modules if f"{n}.weight" in pending]
         have = [
             op.weight.op
             for op in main.operations
@@ -165,10 +173,7 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
             tuple(o.outputs[0].shape) == _shape(decoder, k) for k, o in zip(want, have)
         ):
             for k, o in zip(want, have):
-                for g in unresolved:
-                    if k in g:
-                        for kk in g:
-                            sources[kk] = o
+                assign(k, o)
                 claimed.add(id(o))
         embed_keys = [f"{n}.weight" for n, m in decoder.named_modules() if isinstance(m, nn.Embedding)]
         for k in embed_keys:
@@ -180,11 +185,20 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
                 and id(op.x.op) not in claimed and tuple(op.x.shape) == _shape(decoder, k)
             ]
             if len(tables) == 1:
-                for g in unresolved:
-                    if k in g:
-                        for kk in g:
-                            sources[kk] = tables[0]
+                assign(k, tables[0])
                 claimed.add(id(tables[0]))
+
+    pending_biases = {f"{n}.bias" for n in linear_modules} & (set(state) - set(sources))
+    if pending_biases:
+        linear_by_weight = {
+            id(op.weight.op): op for op in main.operations if op.op_type == "linear" and op.weight.op is not None
+        }
+        for key in sorted(pending_biases):
+            weight = sources.get(key.removesuffix(".bias") + ".weight")
+            linear = linear_by_weight.get(id(weight)) if weight is not None else None
+            bias = linear.bias.op if linear is not None and linear.bias is not None else None
+            if bias is not None and bias.name in ops and tuple(bias.outputs[0].shape) == _shape(decoder, key):
+                sources[key] = bias
 
     for key, op in sources.items():
         if tuple(op.outputs[0].shape) != tuple(state[key].shape):
@@ -196,13 +210,40 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
     return sources, missing
 
 
+def identity_value(key: str) -> float:
+    """The value that makes parameter `key` a no-op the converter may fold away: 0 for a
+    bias (an add of zeros), 1 for a weight (a multiply by ones, e.g. an untrained norm)."""
+    return 0.0 if key.endswith(".bias") else 1.0
+
+
+def shared_weights(decoder: Decoder, sources: dict[str, object], missing: list[str],
+                   stored_dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """For each `missing` key, a mapped key holding exactly the same tensor (at the
+    precision the package stores), if there is one: coremltools' const deduplication keeps
+    one const for equal tensors (say, two all-zero LayerNorm biases of 100+ elements), and
+    its name is the other parameter's. Keys at their identity value are left to
+    `identity_weights`. missing key -> mapped key."""
+    state = decoder.state_dict()
+    found = {}
+    for key in missing:
+        if bool(torch.all(state[key] == identity_value(key))):
+            continue
+        value = state[key].to(stored_dtype)
+        for other in sources:
+            if state[other].shape == value.shape and torch.equal(state[other].to(stored_dtype), value):
+                found[key] = other
+                break
+    return found
+
+
 def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:
-    """`missing` if every one of them is all ones (the converter folds away a multiply by
-    ones, e.g. an untrained RMSNorm weight); otherwise an ExportError naming the rest."""
+    """`missing` if every one of them holds its identity value (ones for a weight, zeros for
+    a bias: the converter folds away a multiply by ones or an add of zeros); otherwise an
+    ExportError naming the rest."""
     from mobilekit.errors import ExportError
 
     state = decoder.state_dict()
-    lost = [k for k in missing if not bool(torch.all(state[k] == 1))]
+    lost = [k for k in missing if not bool(torch.all(state[k] == identity_value(k)))]
     if lost:
         raise ExportError(
             f"the Core ML program has no weight for decoder parameters {lost}; the weight mapping "
@@ -225,22 +266,33 @@ def read_identity_metadata(spec_pb) -> list[str]:
     return json.loads(raw) if raw else []
 
 
+def read_shared_metadata(spec_pb) -> dict[str, str]:
+    from mobilekit.targets.coreml import METADATA_SHARED_WEIGHTS
+
+    raw = spec_pb.description.metadata.userDefined.get(METADATA_SHARED_WEIGHTS)
+    return json.loads(raw) if raw else {}
+
+
 def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
     """A fresh Decoder holding the weights stored in the package at `path`.
 
-    Raises ValidationFailed if any decoder weight has no counterpart in the package (other
-    than those the export recorded as all-ones weights folded away by the converter)."""
+    Raises ValidationFailed if any decoder weight has no counterpart in the package other
+    than those the export recorded: weights at their identity value (ones, or zeros for a
+    bias) folded away by the converter, and weights sharing another's deduplicated const."""
     program, spec_pb = load_program(path)
     with torch.device("meta"):
         decoder = Decoder(spec)
     sources, missing = map_weights(program, decoder)
     identity = set(read_identity_metadata(spec_pb))
-    unexplained = [k for k in missing if k not in identity]
+    shared = {k: v for k, v in read_shared_metadata(spec_pb).items() if k in missing and v in sources}
+    unexplained = [k for k in missing if k not in identity and k not in shared]
     if unexplained:
         raise ValidationFailed(
             f"{path} holds no weight for decoder parameters {unexplained}: the package is incomplete "
             "or was not exported by mobilekit's Core ML target for this decoder spec"
         )
+    for key, other in shared.items():
+        sources[key] = sources[other]
     state = decoder.state_dict(keep_vars=True)
     weights: dict[str, torch.Tensor] = {}
     cache: dict[int, torch.Tensor] = {}
@@ -253,13 +305,14 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
             weights[key] = cache[id(op)]
             storage[op.op_type] = storage.get(op.op_type, 0) + 1
         else:
-            weights[key] = torch.ones(state[key].shape)
+            weights[key] = torch.full(state[key].shape, identity_value(key))
     decoder.load_state_dict(weights, strict=True, assign=True)
     if spec.tie_word_embeddings:
         decoder.lm_head.weight = decoder.embed_tokens.weight
     report = {
         "mapped": {k: sources[k].name for k in sources},
         "identity": sorted(identity & set(missing)),
+        "shared": dict(sorted(shared.items())),
         "storage_ops": storage,
     }
     return decoder.eval().requires_grad_(False), report
@@ -276,11 +329,14 @@ class WrapperSession(Session):
     """The torch module that is converted (CoreMLDecoder: fp16 state buffers, positions read
     from the mask's shape, slice-updated cache), run eagerly on the inputs Core ML receives.
 
-    fp32 checks the wrapper's cache and position logic, which nothing else executes on
-    Linux. fp16 (with the fp16-safe norms the export uses) approximates Core ML's fp16
-    compute with torch's CPU kernels; it is an estimate, not Core ML's arithmetic."""
+    fp32 checks the wrapper's cache, position, sliding-window and softcap logic, which
+    nothing else executes on Linux; `cache_dtype=torch.float32` (not what Core ML does: its
+    states are fp16) takes the fp16 rounding of cached k/v out, so that logic can be checked
+    to fp32 precision. fp16 (with the fp16-safe norms the export uses) approximates Core
+    ML's fp16 compute with torch's CPU kernels; it is an estimate, not Core ML's arithmetic."""
 
-    def __init__(self, decoder: Decoder, max_seq_len: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, decoder: Decoder, max_seq_len: int, dtype: torch.dtype = torch.float32,
+                 cache_dtype: torch.dtype = torch.float16):
         super().__init__(max_seq_len)
         import copy
 
@@ -291,7 +347,7 @@ class WrapperSession(Session):
             apply_fp16_safe_norms(decoder)
         self.module = CoreMLDecoder(decoder, max_seq_len).to(dtype).eval()
         for name in (KEY_CACHE, VALUE_CACHE):  # Core ML states are fp16 whatever the compute
-            setattr(self.module, name, getattr(self.module, name).half())
+            setattr(self.module, name, getattr(self.module, name).to(cache_dtype))
         self.dtype = dtype
         self.runtime = f"Core ML wrapper module, torch eager ({str(dtype).removeprefix('torch.')})"
 

@@ -10,6 +10,11 @@ The model reads its positions from the mask's shape (end = causalMask.shape[-1],
 start = end - T) and writes k/v with a slice update `cache[..., start:end, :]`, the form
 coremltools converts into `slice_update` + `coreml_update_state` (`index_copy` does not
 convert). swift-transformers only checks that logits has rank 3; it reads any float type.
+The mask is plain causal for every layer: sliding-window layers (Gemma 2/3) mask the keys
+that left their window themselves, from the positions, and keep a full-length cache like
+the others (manifest io.kv_cache.sliding_window says which layers, and that the cache is not
+smaller). Gemma 2's softcapped layers compute attention as matmul/tanh/softmax; every other
+layer uses Core ML's fused scaled_dot_product_attention.
 
 Core ML cannot execute on Linux. There, `open_session` reads the stored (possibly
 quantized) weights back out of the package into a fresh mobilekit decoder (see
@@ -35,7 +40,7 @@ from torch import nn
 
 from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import RMSNorm, repeat_kv
+from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.mlpackage"
@@ -45,8 +50,11 @@ DEPLOYMENT_TARGET = "iOS18"  # = macOS15; stateful models need it
 SPEC_VERSION_IOS18 = 9  # Model.specificationVersion that coremltools writes for iOS18
 WRAPPED_DECODER = "decoder"  # attribute name: torch.export lifts weights as p_decoder_<key>
 METADATA_IDENTITY_WEIGHTS = "mobilekit.identity_weights"
+METADATA_SHARED_WEIGHTS = "mobilekit.shared_weights"
 METADATA_SCHEME = "mobilekit.scheme"
 METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
+# {"window", "layers"} or null: the sliding-window layers masked inside the model
+METADATA_SLIDING_WINDOW = "mobilekit.sliding_window"
 
 COMPUTE_PRECISION = {"fp16": "float16", "fp32": "float32", "int8": "float16", "int4": "float16"}
 # The ANE computes in fp16 only, so the fp16-compute schemes target it. The fp32 scheme exists
@@ -60,6 +68,8 @@ INT4_BLOCK_SIZE = 32
 # coremltools' default: tensors of at most this many elements (norm weights, tiny projections)
 # stay fp16 in the quantized schemes.
 QUANTIZE_WEIGHT_THRESHOLD = 2048
+# An additive mask's "masked" value: fp16's lowest, what swift-transformers writes.
+MASKED_VALUE = -65504.0
 
 
 def _coremltools():
@@ -75,16 +85,25 @@ def _coremltools():
 
 class CoreMLDecoder(nn.Module):
     """The decoder with its KV cache in two fp16 buffers that coremltools turns into the
-    states keyCache/valueCache [layers, 1, kv_heads, max_seq_len, head_dim]."""
+    states keyCache/valueCache [layers, 1, kv_heads, max_seq_len, head_dim].
+
+    Sliding-window layers (Gemma 2/3) keep the same full-length cache: the app passes the
+    plain causal mask, and the window (key > query - window) is added in the graph from the
+    positions, so the cache is not smaller than max_seq_len for them."""
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
         super().__init__()
         spec = decoder.spec
         setattr(self, WRAPPED_DECODER, decoder)
         self.max_seq_len = max_seq_len
-        cos, sin = rotary_tables(spec, max_seq_len)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rope_kinds = tuple(spec.rope_kinds)
+        for kind, (cos, sin) in rotary_tables(spec, max_seq_len).items():
+            self.register_buffer(f"rope_cos_{kind}", cos, persistent=False)
+            self.register_buffer(f"rope_sin_{kind}", sin, persistent=False)
+        # Absolute positions 0..max_seq_len-1, sliced like the rotary tables: learned position
+        # embeddings (GPT-2) gather them and the sliding-window masks compare them.
+        self.register_buffer("positions", torch.arange(max_seq_len), persistent=False)
+        self.windows = sorted({w for w in map(spec.layer_window, range(spec.num_layers)) if w})
         # Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16).
         shape = (spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim)
         self.register_buffer(KEY_CACHE, torch.zeros(shape, dtype=torch.float16))
@@ -96,8 +115,20 @@ class CoreMLDecoder(nn.Module):
         seq_len = inputIds.shape[1]
         end = causalMask.shape[-1]
         start = end - seq_len
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        rope = {
+            kind: (getattr(self, f"rope_cos_{kind}")[start:end], getattr(self, f"rope_sin_{kind}")[start:end])
+            for kind in self.rope_kinds
+        }
+        positions = self.positions[start:end]
+        # One additive mask per window size: the app's causal mask, with the keys that fell
+        # out of the window (key <= query - window) masked too.
+        masks = {None: causalMask}
+        if self.windows:
+            too_far = self.positions[:end][None, :] - positions[:, None]  # key - query, [T, end]
+            for window in self.windows:
+                masks[window] = torch.where(too_far <= -window, MASKED_VALUE, causalMask)
         groups = spec.num_heads // spec.num_kv_heads
+        softcap = spec.attention_softcap
         # Core ML's fused scaled_dot_product_attention (iOS 18) has no scale argument, and
         # coremltools decomposes any SDPA that passes one: fold a non-default scale into q.
         q_scale = spec.attention_scale * math.sqrt(spec.head_dim)
@@ -105,53 +136,98 @@ class CoreMLDecoder(nn.Module):
 
         def attend(i, q, k, v):
             q = q.transpose(1, 2)  # [1, H, T, hd]
-            if not math.isclose(q_scale, 1.0, rel_tol=1e-9):
-                q = q * q_scale
             key_cache[i : i + 1, :, :, start:end, :] = k.transpose(1, 2).unsqueeze(0).to(key_cache.dtype)
             value_cache[i : i + 1, :, :, start:end, :] = v.transpose(1, 2).unsqueeze(0).to(value_cache.dtype)
             keys = repeat_kv(key_cache[i, :, :, :end, :].to(q.dtype), groups)
             values = repeat_kv(value_cache[i, :, :, :end, :].to(q.dtype), groups)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causalMask.to(q.dtype))
+            mask = masks[spec.layer_window(i)].to(q.dtype)
+            if softcap is None:
+                if not math.isclose(q_scale, 1.0, rel_tol=1e-9):
+                    q = q * q_scale
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            else:
+                # Gemma 2: scores = c * tanh(s * q.k / c), capped before the mask; SDPA cannot
+                # cap, so these layers spell attention out. The scale goes on q first, which
+                # keeps q.k in range under fp16 compute.
+                scores = torch.tanh((q * (spec.attention_scale / softcap)) @ keys.transpose(-1, -2)) * softcap
+                out = torch.softmax(scores + mask, dim=-1) @ values
             return out.transpose(1, 2).reshape(1, seq_len, -1)
 
-        return decoder(inputIds, cos, sin, attend)
+        return decoder(inputIds, rope, attend, positions=positions)
+
+
+# --- fp16-safe norms ----------------------------------------------------------------------
+# Under Core ML's fp16 compute the decoder's `x.float()` is a no-op, and x^2 overflows fp16
+# (max 65504) on the massive activations of trained LMs (SmolLM2-135M carries |x| ~ 2.5e4 on
+# the first token from layer 12 on; GPT-2 style models carry thousands): the row normalizes
+# to 0 (RMSNorm) or inf/NaN (a variance computed in fp16), and top-1 agreement collapses (4%
+# in a torch fp16 simulation of SmolLM2). Dividing by max|x| first keeps every intermediate
+# in range; in exact arithmetic each form is the same function. Core ML's own layer_norm op
+# gives no guarantee of wider accumulation on every compute unit (the ANE computes in fp16),
+# so LayerNorm is spelled out the same way rather than left to F.layer_norm.
+
+
+def _eps_over_square(eps: float, s: torch.Tensor) -> torch.Tensor:
+    # eps / s^2 in two divisions, each result in fp16's normal range for any sensible s.
+    # `eps / s` would export as reciprocal(s) * eps, which Core ML computes as
+    # 1 / (s + 1e-4) (its `inverse` op's default epsilon).
+    return torch.full_like(s, eps) / s / s
 
 
 def _fp16_safe_rms_norm(self: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    # Under Core ML's fp16 compute the decoder's `x.float()` is a no-op, and x^2 overflows
-    # fp16 (max 65504) on the massive activations of trained LMs (SmolLM2-135M carries
-    # |x| ~ 2.5e4 on the first token from layer 12 on): the row normalizes to 0 and top-1
-    # agreement collapses (4% in a torch fp16 simulation). Scaling by max|x| first keeps
-    # every intermediate in range; in exact arithmetic it is the same function.
     s = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
     y = x / s
-    normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + (self.eps / s) / s)
+    normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + _eps_over_square(self.eps, s))
     return self.weight * normed
 
 
-def apply_fp16_safe_norms(decoder: Decoder) -> list[RMSNorm]:
-    """Swap the decoder's RMSNorms for the fp16-safe form (in place); returns those swapped."""
-    norms = [m for m in decoder.modules() if type(m) is RMSNorm]
-    if norms:
-        # If RMSNorm ever changes (offset, different eps handling), refuse rather than diverge.
-        norm = norms[0]
-        probe = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 50
-        probe = probe.to(norm.weight.dtype)
-        with torch.no_grad():
-            want, got = norm(probe).float(), _fp16_safe_rms_norm(norm, probe.float()).float()
-        if not torch.allclose(want, got, rtol=1e-3, atol=1e-3):
-            raise ExportError(
-                "mobilekit.modeling.RMSNorm no longer matches the Core ML target's fp16-safe form "
-                "(_fp16_safe_rms_norm in mobilekit/targets/coreml.py): update that function"
-            )
+def _fp16_safe_layer_norm(self: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    y = x / s
+    centered = y - y.mean(-1, keepdim=True)
+    normed = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + _eps_over_square(self.eps, s))
+    return normed * self.weight + self.bias
+
+
+FP16_SAFE_NORMS = {RMSNorm: _fp16_safe_rms_norm, LayerNorm: _fp16_safe_layer_norm}
+
+
+def _check_fp16_safe_form(norm: nn.Module, safe) -> None:
+    # If the decoder's norm ever changes (offset, different eps handling), refuse rather than
+    # diverge. Weights and bias are randomized in a copy so that a lost term shows.
+    import copy
+
+    probe_norm = copy.deepcopy(norm).float()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in probe_norm.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    probe = torch.randn(3, probe_norm.weight.shape[0], generator=gen) * 50
+    with torch.no_grad():
+        want, got = probe_norm(probe).float(), safe(probe_norm, probe).float()
+    if not torch.allclose(want, got, rtol=1e-3, atol=1e-3):
+        raise ExportError(
+            f"mobilekit.modeling.{type(norm).__name__} no longer matches the Core ML target's fp16-safe "
+            f"form ({safe.__name__} in mobilekit/targets/coreml.py): update that function"
+        )
+
+
+def apply_fp16_safe_norms(decoder: Decoder) -> list[nn.Module]:
+    """Swap the decoder's RMSNorms and LayerNorms (q/k norms over head_dim included) for
+    their fp16-safe forms, in place; returns those swapped."""
+    norms = [m for m in decoder.modules() if type(m) in FP16_SAFE_NORMS]
+    for kind, safe in FP16_SAFE_NORMS.items():
+        first = next((m for m in norms if type(m) is kind), None)
+        if first is not None:
+            _check_fp16_safe_form(first, safe)
     for m in norms:
-        m.forward = MethodType(_fp16_safe_rms_norm, m)
+        m.forward = MethodType(FP16_SAFE_NORMS[type(m)], m)
     return norms
 
 
 @contextmanager
 def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
-    """The fp16-safe RMSNorms while the decoder is traced; the originals again on exit."""
+    """The fp16-safe norms while the decoder is traced; the originals again on exit."""
     norms = apply_fp16_safe_norms(decoder) if enabled else []
     try:
         yield
@@ -204,23 +280,53 @@ def quantize_weights(mlmodel, scheme: str):
     if config is None:
         return mlmodel
     import coremltools.optimize.coreml as cto
+    import numpy as np
 
-    return cto.linear_quantize_weights(mlmodel, config)
+    # An all-zero row or block (a padding token's embedding row) gets scale 0, and coremltools
+    # computes 0/0 for its data: numpy warns, the stored scale is 0 and the row dequantizes to
+    # exactly 0, as it should.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return cto.linear_quantize_weights(mlmodel, config)
 
 
 # --- the I/O contract -------------------------------------------------------------------
+
+
+def sliding_window_layout(spec) -> dict | None:
+    """{"window", "layers"} of a spec with sliding-window layers (Gemma 2/3), else None; the
+    package records it in its metadata and the manifest in io.kv_cache.sliding_window."""
+    layers = [i for i in range(spec.num_layers) if spec.layer_window(i)]
+    return {"window": spec.sliding_window, "layers": layers} if layers else None
 
 
 def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
     """What apps rely on: names, dtypes and shapes (symbolic dims as strings)."""
     cache_shape = [spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim]
     logits_dtype = "float32" if scheme == "fp32" else "float16"
+    kv_cache = {
+        "kind": "Core ML states (slice_update at [past, past+T))",
+        "layers": spec.num_layers,
+        "kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "max_seq_len": max_seq_len,
+        "shape": cache_shape,
+        "dtype": "float16",
+    }
+    window = sliding_window_layout(spec)
+    if window:
+        kv_cache["sliding_window"] = {
+            **window,
+            "cache": "full length: sliding layers keep all max_seq_len positions like the others (exact at any "
+                     "context up to max_seq_len, but the cache is not smaller)",
+            "mask": "applied inside the model from the positions (keys <= query - window are masked in the "
+                    "sliding layers); the app passes the plain causal mask",
+        }
     return {
         "inputs": [
             {"name": INPUT_IDS, "dtype": "int32", "shape": [1, "T"]},
             {"name": CAUSAL_MASK, "dtype": "float16", "shape": [1, 1, "T", "past+T"],
-             "semantics": "additive (0 = attend, -65504 = masked); positions are past..past+T-1, "
-                          "read from the shape"},
+             "semantics": "additive (0 = attend, -65504 = masked), plain causal for every layer; positions are "
+                          "past..past+T-1, read from the shape"},
         ],
         "outputs": [{"name": LOGITS, "dtype": logits_dtype, "shape": [1, "T", spec.vocab_size]}],
         "states": [
@@ -228,15 +334,7 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
             {"name": VALUE_CACHE, "dtype": "float16", "shape": cache_shape},
         ],
         "dims": {"T": {"min": 1, "max": max_seq_len}, "past+T": {"min": 1, "max": max_seq_len}},
-        "kv_cache": {
-            "kind": "Core ML states (slice_update at [past, past+T))",
-            "layers": spec.num_layers,
-            "kv_heads": spec.num_kv_heads,
-            "head_dim": spec.head_dim,
-            "max_seq_len": max_seq_len,
-            "shape": cache_shape,
-            "dtype": "float16",
-        },
+        "kv_cache": kv_cache,
         "loader": "swift-transformers LanguageModelWithStatefulKVCache",
     }
 
@@ -257,8 +355,9 @@ def _ranges(array_type) -> list[tuple[int, int]] | None:
 
 def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> dict:
     """Check the saved package against the contract; raise ValidationFailed naming every
-    mismatch. `expected` (layers, kv_heads, head_dim, max_seq_len, vocab_size) tightens the
-    shape checks; without it they are checked for consistency among themselves."""
+    mismatch. `expected` (layers, kv_heads, head_dim, max_seq_len, vocab_size, and
+    optionally sliding_window as `sliding_window_layout` gives it) tightens the checks;
+    without it the shapes are checked for consistency among themselves."""
     from mobilekit.runtime.coreml import load_program
 
     path = Path(bundle_dir) / MODEL_FILE
@@ -339,6 +438,14 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
             problems.append(f"output {LOGITS} has shape {shape}, expected [1, T, vocab]")
         elif expected and shape[2] != expected["vocab_size"]:
             problems.append(f"output {LOGITS} has vocab {shape[2]}, expected {expected['vocab_size']}")
+
+    # Sliding layers mask their window inside the model while the app passes a plain causal
+    # mask: the package must say which layers do so, and say what the decoder says.
+    raw_window = desc.metadata.userDefined.get(METADATA_SLIDING_WINDOW)
+    window = json.loads(raw_window) if raw_window else None
+    found["sliding_window"] = window
+    if expected and "sliding_window" in expected and window != expected["sliding_window"]:
+        problems.append(f"metadata {METADATA_SLIDING_WINDOW} is {window}, expected {expected['sliding_window']}")
 
     weights = _weight_storage(program)
     if scheme in QUANTIZED_DTYPE:
@@ -434,7 +541,7 @@ class CoreMLTarget(Target):
         import numpy as np
         from torch.export import Dim
 
-        from mobilekit.runtime.coreml import identity_weights, map_weights
+        from mobilekit.runtime.coreml import identity_weights, map_weights, shared_weights
 
         self.check_scheme(request.scheme)
         seq = request.max_seq_len
@@ -507,18 +614,23 @@ class CoreMLTarget(Target):
                 raise ExportError(f"coremltools weight quantization ({request.scheme}) failed: {e}") from e
         timings["quantize_s"] = time.perf_counter() - t0
 
-        # Weights the converter folded away (a norm weight of exactly 1 makes its mul a
-        # no-op) cannot be read back; record them, after checking that they are all ones.
+        # Weights with no const of their own cannot be read back by name: those the
+        # converter folded away (a norm weight of all ones, a bias of all zeros) and those
+        # its const deduplication merged into an equal tensor's const. Record both, after
+        # checking that that is what they are.
         mil_program = mlmodel._mil_program
-        _, missing = map_weights(mil_program, request.decoder)
-        identity = identity_weights(request.decoder, missing)
+        sources, missing = map_weights(mil_program, request.decoder)
+        shared = shared_weights(request.decoder, sources, missing, torch.float16 if fp16 else torch.float32)
+        identity = identity_weights(request.decoder, [k for k in missing if k not in shared])
 
         t0 = time.perf_counter()
         request.progress("saving model.mlpackage")
         mlmodel.short_description = f"mobilekit {request.scheme} decoder, stateful KV cache of {seq} tokens"
         mlmodel.user_defined_metadata[METADATA_SCHEME] = request.scheme
         mlmodel.user_defined_metadata[METADATA_MAX_SEQ_LEN] = str(seq)
+        mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
         mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
+        mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
         path = request.out_dir / MODEL_FILE
         shutil.rmtree(path, ignore_errors=True)
         mlmodel.save(str(path))
@@ -527,7 +639,7 @@ class CoreMLTarget(Target):
         t0 = time.perf_counter()
         request.progress("checking the saved package")
         expected = {"layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
-                    "max_seq_len": seq, "vocab_size": spec.vocab_size}
+                    "max_seq_len": seq, "vocab_size": spec.vocab_size, "sliding_window": sliding_window_layout(spec)}
         try:
             spec_check = check_spec(request.out_dir, request.scheme, expected)
         except ValidationFailed as e:
@@ -545,7 +657,8 @@ class CoreMLTarget(Target):
                 "recommended_compute_units": COMPUTE_UNITS[request.scheme],
                 "mil_op_types": spec_check.pop("mil_op_types"),
                 "identity_weights": identity,
-                "fp16_safe_rms_norm": fp16,
+                "shared_weights": shared,
+                "fp16_safe_norms": fp16,
                 "size_bytes": _dir_size(path),
                 "spec_check": spec_check,
             },

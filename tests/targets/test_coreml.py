@@ -162,8 +162,8 @@ def test_fp32_roundtrip_is_exact(bundles, context):
     assert restored.keys() == original.keys()
     for key, value in original.items():
         assert torch.equal(restored[key], value), key
-    # the tiny model's RMSNorm weights are exactly 1: the converter folds those multiplies away
-    assert report["identity"] == sorted(k for k in original if k.endswith("norm.weight"))
+    # every tiny weight is random: each has a const of its own
+    assert report["identity"] == [] and report["shared"] == {}
 
 
 def test_fp16_roundtrip_is_the_fp16_rounding(bundles, context):
@@ -205,7 +205,16 @@ def test_weights_are_found_by_graph_order_when_names_change(bundles, context):
 
 
 def test_unexplained_missing_weight_raises(bundles, context, monkeypatch):
-    monkeypatch.setattr(rt, "read_identity_metadata", lambda _spec: [])
+    load = rt.load_program
+
+    def renamed_norm(path):
+        program, spec_pb = load(path)
+        for op in rt.weight_ops(program).values():
+            if rt._base_name(op.name) == rt.param_name("layers.0.input_norm.weight"):
+                op.name = "renamed"
+        return program, spec_pb
+
+    monkeypatch.setattr(rt, "load_program", renamed_norm)
     with pytest.raises(ValidationFailed, match=r"holds no weight for decoder parameters \['layers.0.input_norm"):
         rt.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
 
@@ -266,6 +275,229 @@ def test_fp16_safe_norm_equals_rms_norm():
     assert torch.all(plain[2:] == 0)
     safe = cm._fp16_safe_rms_norm(half, xh).float()
     assert torch.allclose(safe, norm(x), rtol=1e-2, atol=1e-2)
+
+
+def test_fp16_safe_layer_norm_equals_layer_norm():
+    from mobilekit.modeling.decoder import LayerNorm
+
+    norm = LayerNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = (torch.randn(4, 64).clamp(-4, 4) + 0.5) * torch.tensor([1e-3, 1.0, 300.0, 1.2e4])[:, None]
+    assert torch.allclose(cm._fp16_safe_layer_norm(norm, x), norm(x), rtol=1e-4, atol=1e-5)
+    # A variance computed in fp16 (what Core ML's fp16 compute may make of layer_norm) overflows on
+    # the large rows; the safe form, in fp16 throughout, stays right.
+    xh = x.half()
+    centered = xh - xh.mean(-1, keepdim=True)
+    assert torch.isinf(centered.pow(2).mean(-1)[2:]).all()
+    half = LayerNorm(64, eps=1e-5).half()
+    with torch.no_grad():
+        half.weight.copy_(norm.weight)
+        half.bias.copy_(norm.bias)
+    assert torch.allclose(cm._fp16_safe_layer_norm(half, xh).float(), norm(x), rtol=1e-2, atol=2e-2)
+
+
+def test_fp16_safe_norms_cover_every_norm_and_refuse_a_changed_norm(monkeypatch):
+    """q/k norms over head_dim (Gemma 3) and LayerNorms are swapped too; a safe form that no
+    longer computes the decoder's norm (here: one that drops the bias) is refused."""
+    from mobilekit.errors import ExportError
+    from mobilekit.modeling import Decoder, DecoderSpec
+    from mobilekit.modeling.decoder import LayerNorm, RMSNorm
+
+    rms = Decoder(DecoderSpec(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                              intermediate_size=64, max_position_embeddings=64, qk_norm=True))
+    swapped = cm.apply_fp16_safe_norms(rms)
+    names = {n for n, m in rms.named_modules() if any(m is s for s in swapped)}
+    assert {"layers.0.attention.q_norm", "layers.0.attention.k_norm", "layers.0.input_norm", "norm"} <= names
+    layer = Decoder(DecoderSpec(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                                head_dim=16, intermediate_size=64, max_position_embeddings=64, norm="layer"))
+    with cm.fp16_safe_norms(layer):
+        assert all("forward" in vars(m) for m in layer.modules() if isinstance(m, LayerNorm))
+    assert not any("forward" in vars(m) for m in layer.modules() if isinstance(m, (LayerNorm, RMSNorm)))
+
+    def no_bias(self, x):
+        s = x.abs().amax(-1, keepdim=True)
+        y = x / s
+        c = y - y.mean(-1, keepdim=True)
+        return c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + self.eps / s / s) * self.weight
+
+    monkeypatch.setitem(cm.FP16_SAFE_NORMS, LayerNorm, no_bias)
+    with pytest.raises(ExportError, match="LayerNorm no longer matches"):
+        cm.apply_fp16_safe_norms(layer)
+
+
+# --- every family: sliding windows, softcaps, q/k norms, learned positions --------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_family(tmp_path_factory):
+    from mobilekit import checkpoint
+    from mobilekit.tiny import TINY_CONFIGS, make_tiny_checkpoint
+
+    made = {}
+
+    def build(name):
+        if name not in made:
+            folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), TINY_CONFIGS[name])
+            made[name] = checkpoint.resolve(str(folder))
+        return made[name]
+
+    return build
+
+
+# prefill past the 16-token windows, single decode steps, then a chunk whose queries straddle
+# the window boundary differently per row
+CHUNKS = ([5, 9, 33, 100, 7, 8, 200, 3, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52], [12], [13],
+          [14, 15, 16, 17, 18, 19, 20, 21], [22], [23])
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "gpt2", "phi"])
+def test_wrapper_matches_eager_for_each_family(tiny_family, family):
+    """The converted module, its cache kept in fp32 so that only its logic is compared: the
+    in-graph sliding-window masks (Gemma 2/3), Gemma 2's softcapped attention, Gemma 3's local
+    and global rotary tables and q/k norms, GPT-2's learned positions and Phi-2's partial
+    rotary give the eager decoder's logits, past the window, over prefill, decode and chunks."""
+    from mobilekit.runtime.eager import EagerSession
+
+    decoder = tiny_family(family).build_decoder()
+    eager = EagerSession(decoder, MAX_SEQ_LEN)
+    exact = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
+    coreml_like = rt.WrapperSession(decoder, MAX_SEQ_LEN)  # fp16 states, as Core ML has them
+    for session in (eager, exact, coreml_like):
+        session.reset()
+    for chunk in CHUNKS:
+        want = eager.step(chunk)
+        assert np.abs(exact.step(chunk) - want).max() < 2e-5
+        assert np.abs(coreml_like.step(chunk) - want).max() < 5e-3
+    assert eager.position >= 2 * 16  # twice the window
+
+
+def test_wrapper_window_mask_is_what_bites(tiny_family, monkeypatch):
+    """Without the in-graph window mask, Gemma 2 past its window departs from the reference:
+    the agreement above is not an accident of the tiny model."""
+    from mobilekit.runtime.eager import EagerSession
+
+    decoder = tiny_family("gemma2").build_decoder()
+    monkeypatch.setattr(cm, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
+    eager = EagerSession(decoder, MAX_SEQ_LEN)
+    wrapper = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
+    eager.reset()
+    wrapper.reset()
+    errors = [np.abs(eager.step(c) - wrapper.step(c)).max() for c in CHUNKS]
+    assert errors[0] > 0.1
+
+
+@pytest.fixture(scope="module")
+def family_packages(tiny_family, tmp_path_factory):
+    """fp16 packages (the app default) of Gemma 2 (every layer softcapped, windows on 0 and
+    2) and GPT-2 (LayerNorm, learned positions), exported by the target without validation."""
+    target = get("coreml")
+    found = {}
+    for name in ("gemma2", "gpt2"):
+        ckpt = tiny_family(name)
+        out = tmp_path_factory.mktemp(f"coreml-{name}")
+        artefact = target.export(ExportRequest(decoder=ckpt.build_decoder(), scheme="fp16", max_seq_len=MAX_SEQ_LEN,
+                                               bos_id=None, eos_ids=[], out_dir=out))
+        found[name] = (ckpt, out, artefact)
+    return found
+
+
+def test_sliding_window_is_recorded(family_packages):
+    ckpt, out, artefact = family_packages["gemma2"]
+    window = artefact.io["kv_cache"]["sliding_window"]
+    assert (window["window"], window["layers"]) == (16, [0, 2])
+    assert "not smaller" in window["cache"] and "plain causal mask" in window["mask"]
+    assert artefact.io["states"][0]["shape"][3] == MAX_SEQ_LEN  # full-length cache all the same
+    assert artefact.extra["spec_check"]["sliding_window"] == {"window": 16, "layers": [0, 2]}
+    assert "sliding_window" not in family_packages["gpt2"][2].io["kv_cache"]
+    assert family_packages["gpt2"][2].extra["spec_check"]["sliding_window"] is None
+    expected = {"layers": 3, "kv_heads": 2, "head_dim": 16, "max_seq_len": MAX_SEQ_LEN, "vocab_size": 512,
+                "sliding_window": None}
+    with pytest.raises(ValidationFailed, match="metadata mobilekit.sliding_window is"):
+        cm.check_spec(out, "fp16", expected)
+
+
+def test_converted_ops_per_family(family_packages):
+    gemma2 = family_packages["gemma2"][2].extra["mil_op_types"]
+    # every Gemma 2 layer caps its scores, which the fused SDPA cannot: tanh per layer + final cap
+    assert "scaled_dot_product_attention" not in gemma2 and gemma2["tanh"] == 3 + 1
+    gpt2 = family_packages["gpt2"][2].extra["mil_op_types"]
+    assert gpt2["scaled_dot_product_attention"] == 3
+    # fp16 compute: the LayerNorms are the fp16-safe form, not Core ML's layer_norm op
+    assert "layer_norm" not in gpt2
+    assert gpt2["gather"] >= 2  # token and position embeddings
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt2"])
+def test_family_roundtrip_is_the_fp16_rounding(family_packages, family):
+    ckpt, out, _ = family_packages[family]
+    original = ckpt.build_decoder().state_dict()
+    restored, report = rt.roundtrip_decoder(out / cm.MODEL_FILE, ckpt.spec)
+    for key, value in restored.state_dict().items():
+        assert torch.equal(value, original[key].half().float()), key
+    assert report["identity"] == [] and report["shared"] == {}
+
+
+def _identity_and_shared_decoder():
+    """A LayerNorm decoder with every kind of bias whose layer 0 norms are untrained (ones and
+    zeros: folded away by the converter) and whose layers 1 and 2 hold equal input-norm and fc_in
+    tensors of >= 100 elements (merged by coremltools' const deduplication)."""
+    from mobilekit.modeling import Decoder, DecoderSpec
+
+    spec = DecoderSpec(vocab_size=256, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=4, head_dim=32,
+                       intermediate_size=256, max_position_embeddings=128, norm="layer", mlp="plain",
+                       activation="gelu", qkv_bias=True, output_bias=True, mlp_bias=True, lm_head_bias=True,
+                       learned_positions=True, rotary_dim=0)
+    torch.manual_seed(0)
+    decoder = Decoder(spec).eval().requires_grad_(False)
+    with torch.no_grad():
+        for key, p in decoder.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.ndim == 1 and key.endswith("weight") else 0.0))
+        layers = decoder.layers
+        for norm in (layers[0].input_norm, layers[0].post_attention_norm):
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+        layers[2].input_norm.weight.copy_(layers[1].input_norm.weight)
+        layers[2].input_norm.bias.copy_(layers[1].input_norm.bias)
+        layers[2].mlp.fc_in.bias.copy_(layers[1].mlp.fc_in.bias)
+    return decoder
+
+
+def test_folded_and_deduplicated_weights_are_restored(tmp_path):
+    decoder = _identity_and_shared_decoder()
+    artefact = get("coreml").export(ExportRequest(decoder=decoder, scheme="int8", max_seq_len=MAX_SEQ_LEN,
+                                                  bos_id=None, eos_ids=[], out_dir=tmp_path))
+    identity = {"layers.0.input_norm.weight", "layers.0.input_norm.bias", "layers.0.post_attention_norm.weight",
+                "layers.0.post_attention_norm.bias"}
+    assert set(artefact.extra["identity_weights"]) == identity
+    shared = artefact.extra["shared_weights"]
+    norm_pairs = {("layers.2.input_norm.weight", "layers.1.input_norm.weight"),
+                  ("layers.2.input_norm.bias", "layers.1.input_norm.bias")}
+    assert {(k, v) if k.startswith("layers.2") else (v, k) for k, v in shared.items()} == norm_pairs
+
+    restored, report = rt.roundtrip_decoder(tmp_path / cm.MODEL_FILE, decoder.spec)
+    assert set(report["identity"]) == identity and report["shared"] == shared
+    # the deduplicated fc_in bias is found as the bias input of layer 2's own linear op
+    assert report["mapped"]["layers.2.mlp.fc_in.bias"] == report["mapped"]["layers.1.mlp.fc_in.bias"]
+    original, restored = decoder.state_dict(), restored.state_dict()
+    for key, value in original.items():
+        if value.ndim == 1:
+            assert torch.equal(restored[key], value.half().float()), key  # 1-D tensors stay fp16
+        else:  # int8, one scale per row: within a quantization step of its own tensor
+            step = value.abs().amax(1, keepdim=True) / 127
+            assert torch.all((restored[key] - value).abs() <= step), key
+
+    # and if coremltools renames every weight, linear biases still follow their linear's weight
+    program, _ = rt.load_program(tmp_path / cm.MODEL_FILE)
+    for i, op in enumerate(rt.weight_ops(program).values()):
+        op.name = f"w{i}"
+    sources, _ = rt.map_weights(program, decoder)
+    linear_biases = [f"{n}.bias" for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert set(linear_biases) <= set(sources)
+    for key in linear_biases:
+        assert torch.equal(torch.from_numpy(rt.materialize(sources[key]).astype(np.float32)),
+                           original[key].half().float()), key
 
 
 # --- macOS: the real Core ML runtime --------------------------------------------------------
