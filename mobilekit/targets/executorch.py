@@ -9,6 +9,7 @@ methods below, with names exactly as its C++ code looks them up.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,8 +18,16 @@ import torch
 from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
-from mobilekit.modeling import Decoder
-from mobilekit.modeling.decoder import RMSNorm, Rotary, rotary_attention_factor, rotary_inv_freq
+from mobilekit.modeling import Decoder, DecoderSpec
+from mobilekit.modeling.decoder import (
+    GatedMLP,
+    LayerNorm,
+    PlainMLP,
+    RMSNorm,
+    Rotary,
+    rotary_attention_factor,
+    rotary_inv_freq,
+)
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.pte"
@@ -37,7 +46,8 @@ def _load_custom_ops() -> None:
 class LinearMeanRMSNorm(nn.Module):
     """RMSNorm whose mean of squares is a linear layer (x² · 1/d): XNNPACK has no
     last-dim mean for these ranks, and each op it rejects splits the graph into another
-    delegate call. Same math as RMSNorm (fp32 models)."""
+    delegate call. Same math as RMSNorm (fp32 models); also used for Gemma 3's q/k norms
+    over head_dim."""
 
     def __init__(self, norm: RMSNorm):
         super().__init__()
@@ -50,73 +60,198 @@ class LinearMeanRMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(mean_sq + self.eps))
 
 
+class LinearMeanLayerNorm(nn.Module):
+    """LayerNorm with its mean and (biased) variance as linear layers with 1/d weights:
+    XNNPACK in executorch 1.5.1 has no layer-norm op, so native_layer_norm would run in the
+    portable kernels, outside the delegate, between partitions (tiny GPT-NeoX: 7 portable
+    layer norms and 9 delegate calls, against 0 and 7)."""
+
+    def __init__(self, norm: LayerNorm):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+        dim = norm.normalized_shape[0]
+        self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x):
+        centered = x - torch.nn.functional.linear(x, self.mean_weight)
+        var = torch.nn.functional.linear(centered * centered, self.mean_weight)
+        y = centered * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
 class MatmulRotary(nn.Module):
     """rotate_half as a signed permutation matrix: XNNPACK rejects the dynamic-length
-    slices of the usual form, which would split every layer into extra partitions."""
+    slices of the usual form, which would split every layer into extra partitions.
 
-    def __init__(self, head_dim: int):
+    Partial rotary (rotary_width < head_dim) uses the same head_dim x head_dim matrix, zero
+    on the pass-through lanes; the wrapper gives those lanes cos 1 and sin 0, so
+    x*cos + (x R^T)*sin leaves them unchanged without slicing the head."""
+
+    def __init__(self, head_dim: int, rotary_width: int | None = None):
         super().__init__()
-        half = head_dim // 2
+        half = (rotary_width or head_dim) // 2
         rotate = torch.zeros(head_dim, head_dim)
-        rotate[torch.arange(half), torch.arange(half) + half] = -1.0  # out[:half] = -x[half:]
-        rotate[torch.arange(half) + half, torch.arange(half)] = 1.0  # out[half:] = x[:half]
+        rotate[torch.arange(half), torch.arange(half) + half] = -1.0  # out[:half] = -x[half:r]
+        rotate[torch.arange(half) + half, torch.arange(half)] = 1.0  # out[half:r] = x[:half]
         self.register_buffer("rotate", rotate, persistent=False)
 
     def forward(self, x, cos, sin):
         return x * cos + torch.nn.functional.linear(x, self.rotate) * sin
 
 
-def xnnpack_friendly(module: nn.Module, head_dim: int) -> None:
-    """In place: swap the decoder's norms and rotaries for forms XNNPACK delegates whole."""
+_GELU_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    """gelu(approximate="tanh") from mul/add/tanh: XNNPACK lowers aten.gelu with
+    approximate="tanh" to its exact-erf GELU (executorch 1.5.1; 5e-4 off per element)."""
+    return 0.5 * x * (1.0 + torch.tanh(_GELU_TANH_C * (x + 0.044715 * (x * x * x))))
+
+
+def xnnpack_friendly(module: nn.Module, spec: DecoderSpec) -> None:
+    """In place: swap the decoder's norms, rotaries and tanh-GELUs for forms XNNPACK
+    delegates whole (and computes exactly)."""
     for name, child in module.named_children():
         if isinstance(child, RMSNorm):
             setattr(module, name, LinearMeanRMSNorm(child))
+        elif isinstance(child, LayerNorm):
+            setattr(module, name, LinearMeanLayerNorm(child))
         elif isinstance(child, Rotary):
-            setattr(module, name, MatmulRotary(head_dim))
+            setattr(module, name, MatmulRotary(spec.head_dim, spec.rotary_width))
         else:
-            xnnpack_friendly(child, head_dim)
+            if isinstance(child, (GatedMLP, PlainMLP)) and spec.activation == "gelu_tanh":
+                child.act = gelu_tanh
+            xnnpack_friendly(child, spec)
+
+
+def attention_plan(spec: DecoderSpec) -> list[str]:
+    """How each layer attends over the cache:
+    "custom_sdpa": llama::custom_sdpa, causal from start_pos (the fast path);
+    "custom_sdpa_masked": llama::custom_sdpa with the layer's sliding-window mask;
+    "explicit": matmul, softcap, mask, softmax, matmul (custom_sdpa has no softcap)."""
+    plan = []
+    for i in range(spec.num_layers):
+        if spec.attention_softcap is not None:
+            plan.append("explicit")
+        elif spec.layer_window(i) is not None:
+            plan.append("custom_sdpa_masked")
+        else:
+            plan.append("custom_sdpa")
+    return plan
+
+
+def explicit_attention(q, k_cache, v_cache, mask, scale: float, softcap: float | None):
+    """decoder.attention's math over the whole cache, without repeating kv heads (batch 1):
+    q [1,T,H,hd], caches [1,S,KV,hd], `mask` [groups*T, S] additive (0 or a large negative;
+    the [T,S] mask repeated once per query head of a kv head) -> [1,T,H*hd]. Query head h
+    reads kv head h // groups, as repeat_kv does."""
+    _, _, h, hd = q.shape
+    kv = k_cache.shape[2]
+    groups = h // kv
+    # [KV, groups*T, hd]: the queries of one kv head's group stacked on the row axis
+    qg = q.reshape(-1, kv, groups, hd).permute(1, 2, 0, 3).reshape(kv, -1, hd)
+    k, v = k_cache.reshape(-1, kv, hd).transpose(0, 1), v_cache.reshape(-1, kv, hd).transpose(0, 1)
+    scores = torch.bmm(qg, k.transpose(1, 2))
+    if softcap is None:
+        scores = scores * scale
+    else:
+        scores = torch.tanh(scores * (scale / softcap)) * softcap
+    probs = torch.softmax(scores + mask, dim=-1)
+    out = torch.bmm(probs, v).reshape(kv, groups, -1, hd)
+    return out.permute(2, 0, 1, 3).reshape(1, -1, h * hd)
 
 
 class ExecuTorchDecoder(nn.Module):
     """The decoder with a KV cache in mutable buffers, in ExecuTorch's custom-op layout
-    [1, max_seq_len, kv_heads, head_dim]."""
+    [1, max_seq_len, kv_heads, head_dim]. The cache is full-length in every layer: sliding
+    windows are applied as masks, exact at any context but no smaller in memory."""
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
         super().__init__()
         spec = decoder.spec
         self.decoder = decoder
         self.max_seq_len = max_seq_len
+        self.plan = attention_plan(spec)
         # Rotary angles are computed in the graph from the positions rather than stored as
         # [max_seq_len, head_dim] tables: that is 1 MB of .pte at 2048 tokens, for a few
-        # hundred cos/sin per token at run time.
-        self.register_buffer("inv_freq", rotary_inv_freq(spec), persistent=False)
-        self.rope_scale = rotary_attention_factor(spec)
+        # hundred cos/sin per token at run time. One frequency per head lane, in the
+        # half-split layout [f, f, 0...]: the zero lanes (partial rotary) get cos 1, sin 0.
+        self.rope_kinds = spec.rope_kinds
+        self.rope_scales = {}
+        pad = spec.head_dim - spec.rotary_width
+        for kind in self.rope_kinds:
+            inv_freq = rotary_inv_freq(spec, kind)
+            self.register_buffer(f"lane_freq_{kind}", torch.cat([inv_freq, inv_freq, torch.zeros(pad)]),
+                                 persistent=False)
+            scale = rotary_attention_factor(spec, kind)
+            if scale != 1.0:
+                # LongRoPE scales cos and sin of the rotating lanes only
+                self.rope_scales[kind] = scale
+                self.register_buffer(f"cos_scale_{kind}", torch.cat([torch.full((spec.rotary_width,), scale),
+                                                                     torch.ones(pad)]), persistent=False)
         shape = (1, max_seq_len, spec.num_kv_heads, spec.head_dim)
         for i in range(spec.num_layers):
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
             self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
 
+    def _rope(self, positions: torch.Tensor) -> dict:
+        rope = {}
+        for kind in self.rope_kinds:
+            angles = torch.outer(positions, getattr(self, f"lane_freq_{kind}"))
+            cos, sin = angles.cos(), angles.sin()
+            if kind in self.rope_scales:
+                cos, sin = cos * getattr(self, f"cos_scale_{kind}"), sin * self.rope_scales[kind]
+            rope[kind] = (cos, sin)
+        return rope
+
+    def _masks(self, start, seq_len: int) -> dict:
+        """Boolean [T, max_seq_len] per window the plan needs (None = causal), over the whole
+        cache: custom_sdpa with a mask reads all max_seq_len keys (executorch 1.5.1), and
+        unwritten or stale cache rows lie after the query, so the mask hides them."""
+        spec = self.decoder.spec
+        windows = {spec.layer_window(i) for i, how in enumerate(self.plan) if how != "custom_sdpa"}
+        if not windows:
+            return {}
+        query = (torch.arange(seq_len) + start)[:, None]
+        key = torch.arange(self.max_seq_len)[None, :]
+        causal = key <= query
+        return {w: causal if w is None else causal & (key > query - w) for w in windows}
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        spec = self.decoder.spec
         seq_len = tokens.shape[1]
         start = input_pos[0].item()
         torch._check_is_size(start)
         torch._check(start + seq_len <= self.max_seq_len)
-        positions = torch.arange(seq_len, dtype=torch.float32) + start
-        angles = torch.outer(positions, self.inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        cos, sin = angles.cos(), angles.sin()
-        if self.rope_scale != 1.0:
-            cos, sin = cos * self.rope_scale, sin * self.rope_scale
-        scale = self.decoder.spec.attention_scale
+        rope = self._rope(torch.arange(seq_len, dtype=torch.float32) + start) if self.rope_kinds else {}
+        positions = torch.arange(seq_len) + start if spec.learned_positions else None
+        # custom_sdpa adds a float mask to the scores. A finite minimum (as transformers uses)
+        # rather than -inf: its flash kernel works in key blocks of 512, and with a window
+        # whole blocks are masked for a query, where -inf relies on the kernel guarding
+        # exp(-inf - -inf) (1.5.1's does; a finite minimum needs no guard).
+        masks = {w: torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+                 for w, allowed in self._masks(start, seq_len).items()}
+        if "explicit" in self.plan:
+            groups = spec.num_heads // spec.num_kv_heads
+            grouped = {w: m.repeat(groups, 1) if groups > 1 else m for w, m in masks.items()}
+        scale = spec.attention_scale
 
         def attend(i, q, k, v):
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
-            out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True, scale)
+            how, window = self.plan[i], spec.layer_window(i)
+            if how == "explicit":
+                return explicit_attention(q, k_cache, v_cache, grouped[window], scale, spec.attention_softcap)
+            if how == "custom_sdpa_masked":
+                out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, masks[window], 0, False, scale)
+            else:
+                out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True, scale)
             return out.reshape(q.shape[0], -1, q.shape[2] * q.shape[3])
 
-        return self.decoder(tokens, cos, sin, attend, last_only=True)
+        return self.decoder(tokens, rope, attend, last_only=True, positions=positions)
 
 
 # XNNPACK preprocesses every partition with 17 graph passes, each re-tracing the whole
@@ -167,6 +302,24 @@ def constant_methods(request: ExportRequest) -> dict:
     }
 
 
+def cache_notes(spec: DecoderSpec) -> dict:
+    """What the manifest says about attention beyond plain causal: which layers mask a
+    sliding window over the (still full-length) cache, and which attend explicitly."""
+    plan = attention_plan(spec)
+    notes = {"attention": {kind: [i for i, how in enumerate(plan) if how == kind] for kind in dict.fromkeys(plan)}}
+    windowed = [i for i in range(spec.num_layers) if spec.layer_window(i) is not None]
+    if windowed:
+        notes["sliding_window"] = {
+            "window": spec.sliding_window,
+            "layers": windowed,
+            "note": "every layer's cache is full-length (max_seq_len); the window is an attention mask, "
+                    "exact at any context but no saving in memory",
+        }
+    if spec.attention_softcap is not None:
+        notes["attention_softcap"] = spec.attention_softcap
+    return notes
+
+
 class ExecuTorchTarget(Target):
     name = "executorch"
     schemes = ("fp32", "int8", "int4")
@@ -190,7 +343,7 @@ class ExecuTorchTarget(Target):
         self.check_scheme(request.scheme)
         spec = request.decoder.spec
         module = ExecuTorchDecoder(request.decoder, request.max_seq_len).eval()
-        xnnpack_friendly(module, spec.head_dim)
+        xnnpack_friendly(module, spec)
         timings = {}
 
         t0 = time.perf_counter()
@@ -249,6 +402,7 @@ class ExecuTorchTarget(Target):
                 "head_dim": spec.head_dim,
                 "shape_per_layer": cache_shape,
                 "dtype": "float32",
+                **cache_notes(spec),
             },
             "constant_methods": constant_methods(request),
         }

@@ -93,3 +93,155 @@ def test_cli_validate_and_generate(bundles, tmp_path):
     result = CliRunner().invoke(main, ["validate", str(copy)])
     assert result.exit_code == 1
     assert "tokenizer.json does not match its sha256" in result.output
+
+
+# --- Paths the tiny Llama does not take. Every family's full export is checked against
+# transformers in tests/families; these pin the pieces that could pass there by luck
+# (128 tokens, one key block) or fail without saying where.
+
+
+def _random_decoder(family: str, seed: int = 0):
+    import torch
+
+    from mobilekit import families
+    from mobilekit.modeling import Decoder
+    from mobilekit.tiny import TINY_CONFIGS
+
+    spec = families.get(family).spec_from_config(TINY_CONFIGS[family])
+    torch.manual_seed(seed)
+    decoder = Decoder(spec).eval().requires_grad_(False)
+    for param in decoder.parameters():
+        if param.ndim == 1:  # norms at 1 and biases at 0 would hide a wrong swap
+            param.add_(torch.randn_like(param) * 0.1)
+    return decoder
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("window", [None, 5])
+def test_explicit_attention_matches_the_reference(window, softcap):
+    """The softcap path (Gemma 2) over a full-length cache whose tail holds stale values."""
+    import torch
+
+    from mobilekit.modeling.decoder import attention, attention_mask
+    from mobilekit.targets.executorch import explicit_attention
+
+    torch.manual_seed(0)
+    heads, kv_heads, hd, cache_len, start, t = 4, 2, 16, 32, 11, 4
+    q = torch.randn(1, t, heads, hd)
+    k_cache, v_cache = torch.randn(1, cache_len, kv_heads, hd), torch.randn(1, cache_len, kv_heads, hd)
+    queries = torch.arange(start, start + t)
+    end = start + t
+    want = attention(q, k_cache[:, :end], v_cache[:, :end], attention_mask(queries, torch.arange(end), window),
+                     0.2, softcap)
+    allowed = attention_mask(queries, torch.arange(cache_len), window)
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).repeat(heads // kv_heads, 1)
+    got = explicit_attention(q, k_cache, v_cache, mask, 0.2, softcap)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "phi", "phi3", "gemma3"])
+def test_in_graph_rotary_equals_the_decoder_rotary(family):
+    """Partial rotary (GPT-NeoX 4 of 16 lanes, Phi-2 half) through the full-width matrix and
+    padded cos/sin; LongRoPE's cos/sin scale (Phi-3); Gemma 3's local and global tables."""
+    import torch
+
+    from mobilekit.modeling.decoder import Rotary, rotary_cos_sin
+    from mobilekit.targets.executorch import ExecuTorchDecoder, MatmulRotary
+
+    decoder = _random_decoder(family)
+    spec = decoder.spec
+    wrapper = ExecuTorchDecoder(decoder, 64)
+    positions = torch.arange(37, 45)
+    x = torch.randn(1, len(positions), spec.num_heads, spec.head_dim)
+    ours = wrapper._rope(positions.float())
+    assert sorted(ours) == sorted(spec.rope_kinds)
+    for kind, (cos, sin) in ours.items():
+        ref_cos, ref_sin = rotary_cos_sin(spec, positions, kind)
+        want = Rotary()(x, ref_cos[:, None], ref_sin[:, None])
+        got = MatmulRotary(spec.head_dim, spec.rotary_width)(x, cos[:, None], sin[:, None])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        if spec.rotary_width < spec.head_dim:
+            assert torch.equal(got[..., spec.rotary_width:], x[..., spec.rotary_width:])
+
+
+def test_linear_mean_layer_norm_equals_layer_norm():
+    import torch
+
+    from mobilekit.modeling.decoder import LayerNorm
+    from mobilekit.targets.executorch import LinearMeanLayerNorm
+
+    norm = LayerNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 7, 64) * 3 + 1
+    torch.testing.assert_close(LinearMeanLayerNorm(norm)(x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_tanh_gelu_mlp_lowers_exactly(tmp_path):
+    """XNNPACK runs aten.gelu(approximate="tanh") as the exact-erf GELU; the swapped MLP
+    (Phi-2, Gemma) must match the decoder's tanh GELU through the real runtime."""
+    import copy
+
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from mobilekit.targets.executorch import xnnpack_friendly
+
+    decoder = _random_decoder("phi")
+    assert decoder.spec.activation == "gelu_tanh"
+    reference = decoder.layers[0].mlp
+    swapped = copy.deepcopy(reference)
+    holder = torch.nn.ModuleDict({"mlp": swapped})
+    xnnpack_friendly(holder, decoder.spec)
+    x = torch.randn(1, 9, decoder.spec.hidden_size) * 2
+    program = to_edge_transform_and_lower(torch.export.export(holder["mlp"], (x,)),
+                                          partitioner=[XnnpackPartitioner()]).to_executorch()
+    (tmp_path / "mlp.pte").write_bytes(program.buffer)
+    (got,) = Runtime.get().load_program(tmp_path / "mlp.pte").load_method("forward").execute([x])
+    torch.testing.assert_close(got, reference(x), atol=2e-6, rtol=1e-5)
+
+
+def test_cache_notes_name_windowed_and_explicit_layers():
+    from mobilekit.targets.executorch import cache_notes
+
+    gemma2 = cache_notes(_random_decoder("gemma2").spec)
+    assert gemma2["attention"] == {"explicit": [0, 1, 2]}
+    assert gemma2["sliding_window"]["window"] == 16 and gemma2["sliding_window"]["layers"] == [0, 2]
+    assert "full-length" in gemma2["sliding_window"]["note"]
+    assert gemma2["attention_softcap"] == 3.0
+    gemma3 = cache_notes(_random_decoder("gemma3").spec)
+    assert gemma3["attention"] == {"custom_sdpa_masked": [0, 1], "custom_sdpa": [2]}
+    assert cache_notes(_random_decoder("llama").spec) == {"attention": {"custom_sdpa": [0, 1]}}
+
+
+def test_sliding_window_past_the_first_key_block(tmp_path):
+    """Gemma 3 (sliding + full layers, local/global rotary, q/k norms) as a .pte with a
+    600-token cache, run by ExecuTorch past 512 keys: custom_sdpa's flash kernel reads keys
+    in blocks of 512, so there whole blocks are masked for a query. The .pte must follow the
+    eager decoder token for token, over prefill and decode."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from mobilekit.runtime.eager import EagerSession
+    from mobilekit.runtime.executorch import ExecuTorchSession
+    from mobilekit.targets import ExportRequest
+
+    decoder = _random_decoder("gemma3")
+    eager = EagerSession(copy.deepcopy(decoder), 600)
+    request = ExportRequest(decoder=decoder, scheme="fp32", max_seq_len=600, bos_id=None, eos_ids=[2],
+                            out_dir=tmp_path)
+    artefact = get("executorch").export(request)
+    assert artefact.io["kv_cache"]["sliding_window"]["layers"] == [0, 1]
+    session = ExecuTorchSession(tmp_path / "model.pte", 600)
+
+    ids = torch.randint(0, decoder.spec.vocab_size, (560,), generator=torch.Generator().manual_seed(1)).tolist()
+    for s in (eager, session):
+        s.reset()
+    steps = [ids[:530]] + [[t] for t in ids[530:]]
+    for chunk in steps:
+        np.testing.assert_allclose(session.step(chunk), eager.step(chunk), atol=1e-4, rtol=1e-4)
