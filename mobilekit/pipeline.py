@@ -9,6 +9,7 @@ resolve checkpoint -> family adapter -> mobilekit decoder  --stage 1 vs HF refer
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import platform
 import shutil
@@ -88,6 +89,7 @@ class Context:
             model = self.checkpoint.load_reference(self.reference_dtype)
             self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len, recipe=self.recipe)
             del model
+            gc.collect()  # a 7B reference must be gone before the decoder loads
         return self._reference
 
     def stage1(self, progress: Progress) -> dict:
@@ -102,6 +104,7 @@ class Context:
             budget = quantize.FP32_BUDGET if dtype == torch.float32 else quantize.BF16_REFERENCE_BUDGET
             self._stage1 = validate.stage_record(metrics, budget, session.runtime)
             del session
+            gc.collect()
         return self._stage1
 
     def budget(self, scheme: str) -> quantize.Budget:
