@@ -1,6 +1,6 @@
 """Peak memory of exporting a large recipe, without downloading it.
 
-    python scripts/measure_large_export.py qwen2-7b-instruct [--target executorch] [--quant int4] [-- EXTRA export args]
+    python scripts/measure_large_export.py qwen2-7b-instruct [--target executorch] [--quant int4] [more export options, e.g. --no-validate]
 
 Writes a random-weight checkpoint of the recipe's real size and layout (bf16 safetensors
 shards, from the recipe's stored config) under $MOBILEKIT_CACHE/random/<recipe> once, then
@@ -28,8 +28,7 @@ def main() -> int:
     parser.add_argument("recipe")
     parser.add_argument("--target", default="executorch")
     parser.add_argument("--quant", default="int4")
-    parser.add_argument("extra", nargs="*", help="more `mobilekit export` arguments (after --)")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # the rest goes to `mobilekit export` (e.g. --no-validate)
     recipe = recipes.get(args.recipe)
     folder = cache_dir() / "random" / recipe.id
     if not (folder / "config.json").exists():
@@ -39,7 +38,7 @@ def main() -> int:
     out = Path(tempfile.mkdtemp()) / "bundle"
     command = ["/usr/bin/time", "-v", str(Path(sys.executable).parent / "mobilekit"), "export", recipe.id,
                "--checkpoint", str(folder), "--target", args.target, "--quant", args.quant,
-               "--output", str(out), "--keep-failed", *args.extra]
+               "--output", str(out), "--keep-failed", *extra]
     print(" ".join(command), flush=True)
     result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
     (out.parent / "export.log").write_text(result.stderr)
