@@ -167,11 +167,12 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
         raise BundleError(f"{destination} already exists; remove it or pass another --output")
 
     quantize_layer = quantize.layer_quantizer(target.name, scheme)
-    if quantize_layer is None and not fits_in_memory(context.checkpoint.spec.num_parameters * 4):
+    fp32_bytes = context.checkpoint.spec.num_parameters * 4
+    if quantize_layer is None and not fits_in_memory(fp32_bytes * target.export_memory_factor, 0.9):
         raise ExportError(
-            f"the {target.name} target converts the whole fp32 model at once: "
-            f"{context.checkpoint.spec.num_parameters * 4 / 1e9:.1f} GB, too much for this machine's "
-            f"{total_memory() / 1e9:.1f} GB. Use --target executorch with --quant int4 or int8 "
+            f"the {target.name} target converts the whole fp32 model at once: about "
+            f"{fp32_bytes * target.export_memory_factor / 1e9:.0f} GB at peak for this model, too much for this "
+            f"machine's {total_memory() / 1e9:.1f} GB. Use --target executorch with --quant int4 or int8 "
             "(quantized layer by layer as the weights load), or a machine with more memory."
         )
     tokenizer = context.tokenizer

@@ -60,6 +60,10 @@ class Target:
     default_scheme: str = ""
     runtime: str = ""  # the runtime apps use, named in the manifest and in generate's output
     packages: tuple[str, ...] = ()  # whose versions the manifest records
+    # Peak memory of exporting a whole fp32 decoder, as a multiple of its fp32 size (the
+    # pipeline refuses what would not fit). Not used when the scheme quantizes layer by
+    # layer as the weights load (quantize.layer_quantizer).
+    export_memory_factor: float = 3.0
 
     def check_available(self) -> None:
         """Raise TargetUnavailable if the converter or runtime is missing."""

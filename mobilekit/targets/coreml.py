@@ -532,6 +532,8 @@ class CoreMLTarget(Target):
     default_scheme = "fp16"
     runtime = "Core ML (swift-transformers LanguageModelWithStatefulKVCache)"
     packages = ("coremltools", "torch")
+    # Measured: int4 conversion of a 1.1B model (4.4 GB fp32) peaked at 11.65 GB RSS.
+    export_memory_factor = 2.65
 
     def check_available(self) -> None:
         _coremltools()

@@ -699,6 +699,8 @@ class OnnxTarget(Target):
     default_scheme = "int4"
     runtime = "ONNX Runtime GenAI"
     packages = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "torch")
+    # Measured: int4 export of a 1.1B model (4.4 GB fp32) peaked at 10.1 GB RSS.
+    export_memory_factor = 2.3
 
     def check_available(self) -> None:
         require_onnx(genai=True)
