@@ -32,6 +32,11 @@ def test_family_claims_architectures():
     assert families.for_architecture(["MistralForCausalLM"]).name == "llama"
     with pytest.raises(UnsupportedArchitectureError, match="Supported: .*LlamaForCausalLM"):
         families.for_architecture(["BertModel"])
+    # Cerebras-GPT-2.7B's config.json has no `architectures`: its model_type decides
+    assert families.for_architecture(None, "gpt2").name == "gpt2"
+    assert families.for_architecture([], "gemma3_text").name == "gemma3"
+    with pytest.raises(UnsupportedArchitectureError, match="Supported: .*GPT2LMHeadModel"):
+        families.for_architecture(["GPT2Model"], "gpt2")  # a headless model is not claimed
 
 
 def test_every_recipe_parses_and_names_a_registered_family():
