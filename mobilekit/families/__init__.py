@@ -71,6 +71,22 @@ def hf_config(config: Mapping) -> dict:
     return AutoConfig.for_model(config["model_type"], **values).to_dict()
 
 
+def core_shape(config: Mapping) -> dict:
+    """The DecoderSpec sizes every transformers-style config spells the same way (GPT-2's
+    n_embd/n_head keys are its own). head_dim defaults to hidden/heads, kv heads to heads."""
+    heads = config["num_attention_heads"]
+    return dict(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        intermediate_size=config["intermediate_size"],
+        max_position_embeddings=config.get("max_position_embeddings", 2048),
+    )
+
+
 def rope_parameters(config: Mapping, layer_type: str | None = None) -> dict:
     """rope_parameters of a normalized config (per layer type where the family has them)."""
     params = config.get("rope_parameters") or {}

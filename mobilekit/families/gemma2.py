@@ -13,7 +13,8 @@ from typing import Mapping
 import torch
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, hf_config, rename, rope_parameters, require_default_rope
+from mobilekit.families import (Family, activation, core_shape, hf_config, rename, rope_parameters,
+                                require_default_rope)
 from mobilekit.modeling.spec import DecoderSpec
 
 LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
@@ -21,21 +22,13 @@ LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 def gemma_spec(config: Mapping, family: str, **extra) -> DecoderSpec:
     """The spec fields Gemma 2 and Gemma 3 share; `config` is normalized (hf_config)."""
-    heads = config["num_attention_heads"]
     unknown = set(config["layer_types"]) - set(LAYER_TYPES)
     if unknown:
         raise CheckpointError(f"{family} layer types {sorted(unknown)} are not supported")
     if config.get("attention_bias"):
         raise CheckpointError(f"{family} checkpoints with attention_bias are not supported")
     return DecoderSpec(
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        intermediate_size=config["intermediate_size"],
-        max_position_embeddings=config["max_position_embeddings"],
+        **core_shape(config),
         norm_eps=config["rms_norm_eps"],
         activation=activation(config.get("hidden_activation") or config.get("hidden_act") or "gelu_pytorch_tanh"),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),

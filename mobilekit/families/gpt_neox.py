@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from mobilekit.families import Family, activation, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.families import Family, activation, core_shape, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
 from mobilekit.modeling.spec import DecoderSpec
 
 
@@ -19,22 +19,14 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     config = hf_config(config)
     params = rope_parameters(config)
     require_default_rope(params, "GPT-NeoX")
-    heads, d = config["num_attention_heads"], config["hidden_size"]
-    head_dim = d // heads
+    shape = core_shape(config)
     bias = bool(config.get("attention_bias", True))
     return DecoderSpec(
-        vocab_size=config["vocab_size"],
-        hidden_size=d,
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=config["intermediate_size"],
-        max_position_embeddings=config["max_position_embeddings"],
+        **shape,
         norm_eps=config["layer_norm_eps"],
         activation=activation(config["hidden_act"]),
         rope_theta=float(params.get("rope_theta", 10000.0)),
-        rotary_dim=rotary_dim(config, head_dim),
+        rotary_dim=rotary_dim(config, shape["head_dim"]),
         qkv_bias=bias,
         output_bias=bias,
         mlp_bias=True,

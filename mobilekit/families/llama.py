@@ -7,7 +7,7 @@ from typing import Mapping
 import torch
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family
+from mobilekit.families import Family, core_shape
 from mobilekit.modeling.spec import DecoderSpec, Llama3RopeScaling
 
 
@@ -37,16 +37,8 @@ def _rope_theta(config: Mapping) -> float:
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
-    heads = config["num_attention_heads"]
     return DecoderSpec(
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        intermediate_size=config["intermediate_size"],
-        max_position_embeddings=config.get("max_position_embeddings", 2048),
+        **core_shape(config),
         norm_eps=config.get("rms_norm_eps", 1e-6),
         activation={"silu": "silu", "swish": "silu"}.get(config.get("hidden_act", "silu"), config.get("hidden_act")),
         rope_theta=_rope_theta(config),

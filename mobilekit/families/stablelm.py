@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.families import Family, activation, core_shape, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
 from mobilekit.modeling.spec import DecoderSpec
 
 
@@ -24,21 +24,13 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
         raise CheckpointError("StableLM checkpoints with qk_layernorm (per-head norms) are not supported")
     params = rope_parameters(config)
     require_default_rope(params, "StableLM")
-    heads, d = config["num_attention_heads"], config["hidden_size"]
-    head_dim = d // heads
+    shape = core_shape(config)
     return DecoderSpec(
-        vocab_size=config["vocab_size"],
-        hidden_size=d,
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        intermediate_size=config["intermediate_size"],
-        max_position_embeddings=config["max_position_embeddings"],
+        **shape,
         norm_eps=config["layer_norm_eps"],
         activation=activation(config["hidden_act"]),
         rope_theta=float(params.get("rope_theta", 10000.0)),
-        rotary_dim=rotary_dim(config, head_dim),
+        rotary_dim=rotary_dim(config, shape["head_dim"]),
         qkv_bias=bool(config.get("use_qkv_bias", False)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         norm="layer",
