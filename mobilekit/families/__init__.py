@@ -87,6 +87,23 @@ def core_shape(config: Mapping) -> dict:
     )
 
 
+def layer_norm_rotary_fields(config: Mapping, family: str) -> dict:
+    """The DecoderSpec fields GPT-NeoX, Phi-2 and StableLM read alike from a normalized
+    config: sizes, LayerNorm eps, activation, plain rotary base and partial rotary width."""
+    params = rope_parameters(config)
+    require_default_rope(params, family)
+    shape = core_shape(config)
+    return dict(
+        **shape,
+        norm="layer",
+        norm_eps=config["layer_norm_eps"],
+        activation=activation(config["hidden_act"]),
+        rope_theta=float(params.get("rope_theta", 10000.0)),
+        rotary_dim=rotary_dim(config, shape["head_dim"]),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+
+
 def rope_parameters(config: Mapping, layer_type: str | None = None) -> dict:
     """rope_parameters of a normalized config (per layer type where the family has them)."""
     params = config.get("rope_parameters") or {}

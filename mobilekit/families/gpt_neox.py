@@ -11,27 +11,18 @@ from typing import Mapping
 
 import torch
 
-from mobilekit.families import Family, activation, core_shape, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
 from mobilekit.modeling.spec import DecoderSpec
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
     config = hf_config(config)
-    params = rope_parameters(config)
-    require_default_rope(params, "GPT-NeoX")
-    shape = core_shape(config)
     bias = bool(config.get("attention_bias", True))
     return DecoderSpec(
-        **shape,
-        norm_eps=config["layer_norm_eps"],
-        activation=activation(config["hidden_act"]),
-        rope_theta=float(params.get("rope_theta", 10000.0)),
-        rotary_dim=rotary_dim(config, shape["head_dim"]),
+        **layer_norm_rotary_fields(config, "GPT-NeoX"),
         qkv_bias=bias,
         output_bias=bias,
         mlp_bias=True,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        norm="layer",
         mlp="plain",
         residual="parallel" if config.get("use_parallel_residual", True) else "sequential",
     )

@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, core_shape, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
 from mobilekit.modeling.spec import DecoderSpec
 
 
@@ -19,21 +19,12 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     config = hf_config(config)
     if config.get("qk_layernorm"):
         raise CheckpointError("Phi checkpoints with qk_layernorm are not supported")
-    params = rope_parameters(config)
-    require_default_rope(params, "Phi")
-    shape = core_shape(config)
     return DecoderSpec(
-        **shape,
-        norm_eps=config["layer_norm_eps"],
-        activation=activation(config["hidden_act"]),
-        rope_theta=float(params.get("rope_theta", 10000.0)),
-        rotary_dim=rotary_dim(config, shape["head_dim"]),
+        **layer_norm_rotary_fields(config, "Phi"),
         qkv_bias=True,
         output_bias=True,
         mlp_bias=True,
         lm_head_bias=True,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        norm="layer",
         mlp="plain",
         residual="parallel_shared_norm",
     )

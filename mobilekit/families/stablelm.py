@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, core_shape, hf_config, rename, rope_parameters, require_default_rope, rotary_dim
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
 from mobilekit.modeling.spec import DecoderSpec
 
 
@@ -22,18 +22,9 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     config = hf_config(config)
     if config.get("qk_layernorm"):
         raise CheckpointError("StableLM checkpoints with qk_layernorm (per-head norms) are not supported")
-    params = rope_parameters(config)
-    require_default_rope(params, "StableLM")
-    shape = core_shape(config)
     return DecoderSpec(
-        **shape,
-        norm_eps=config["layer_norm_eps"],
-        activation=activation(config["hidden_act"]),
-        rope_theta=float(params.get("rope_theta", 10000.0)),
-        rotary_dim=rotary_dim(config, shape["head_dim"]),
+        **layer_norm_rotary_fields(config, "StableLM"),
         qkv_bias=bool(config.get("use_qkv_bias", False)),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        norm="layer",
         residual="parallel_shared_norm" if config.get("use_parallel_residual") else "sequential",
     )
 
