@@ -102,14 +102,16 @@ class Checkpoint:
         return load_weights(self.path)
 
     def build_decoder(self, dtype: torch.dtype = torch.float32,
-                      prepare_layer: Callable[[nn.Module], None] | None = None) -> Decoder:
+                      prepare: Callable[[nn.Module], None] | None = None) -> Decoder:
         """The mobilekit decoder with this checkpoint's weights, in eval mode, no grads.
 
         Weights are read one layer at a time (safetensors are opened per layer, so their
-        pages are unmapped again) and cast to `dtype` as they arrive; `prepare_layer` is
-        called on each decoder layer as soon as it is complete (a target quantizes there),
-        so a 7B model never exists whole at fp32: peak memory is the already prepared
-        layers plus one layer at `dtype`."""
+        pages are unmapped again) and cast to `dtype` as they arrive. `prepare` (a target
+        quantizing as the weights load) is called on each decoder layer as soon as it is
+        complete, then once on the whole decoder, with the embeddings and head still in the
+        checkpoint's stored dtype: a 12B model never exists whole at fp32, and neither do
+        its 671M-entry embedding and head. Whatever `prepare` leaves unquantized is then
+        cast to `dtype`."""
         spec = self.spec
         with torch.device("meta"):
             decoder = Decoder(spec)
@@ -123,16 +125,21 @@ class Checkpoint:
             unexpected = set(weights) - expected
             if unexpected:
                 raise CheckpointError(f"weights in {self.path} do not match its config: unexpected {sorted(unexpected)}")
-            decoder.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=False, assign=True)
+            keep_stored = layer is None and prepare is not None
+            decoder.load_state_dict({k: v if keep_stored else v.to(dtype) for k, v in weights.items()},
+                                    strict=False, assign=True)
             loaded |= set(weights)
             del weights
-            if layer is not None and prepare_layer is not None:
-                prepare_layer(decoder.layers[layer])
+            if layer is not None and prepare is not None:
+                prepare(decoder.layers[layer])
         missing = expected - loaded
         if missing:
             raise CheckpointError(f"weights in {self.path} do not match its config: missing {sorted(missing)[:8]}")
         if spec.tie_word_embeddings:
             decoder.lm_head.weight = decoder.embed_tokens.weight
+        if prepare is not None:
+            prepare(decoder)
+            _cast_plain_tensors(decoder, dtype)
         return decoder.eval().requires_grad_(False)
 
     @cached_property
@@ -167,6 +174,14 @@ class Checkpoint:
                 "add the tokenizer files to the checkpoint folder"
             )
         return found
+
+
+def _cast_plain_tensors(module: nn.Module, dtype: torch.dtype) -> None:
+    """Casts floating parameters that are plain tensors (not quantized ones) to `dtype`."""
+    for sub in module.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            if type(param) is nn.Parameter and param.dtype.is_floating_point and param.dtype != dtype:
+                setattr(sub, name, nn.Parameter(param.detach().to(dtype), requires_grad=False))
 
 
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")

@@ -31,8 +31,10 @@ def _progress(description: str):
         task = progress.add_task(description)
 
         def update(message: str) -> None:
+            from mobilekit.pipeline import memory_note
+
             progress.update(task, description=f"{description}: {message}")
-            progress.console.log(message)
+            progress.console.log(f"{message}  [{memory_note()}]")
 
         yield update
 

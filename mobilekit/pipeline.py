@@ -118,6 +118,15 @@ def peak_rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def memory_note() -> str:
+    """Resident memory now and at peak, for progress lines: where a large export spends it."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:  # not Linux: the peak alone
+        return f"peak {peak_rss_mb() / 1e3:.1f} GB"
+    return f"rss {resident_pages * os.sysconf('SC_PAGE_SIZE') / 1e9:.1f} GB, peak {peak_rss_mb() * 1.048576 / 1e3:.1f} GB"
+
+
 def total_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -166,9 +175,9 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     if destination.exists():
         raise BundleError(f"{destination} already exists; remove it or pass another --output")
 
-    quantize_layer = quantize.layer_quantizer(target.name, scheme)
+    quantize_while_loading = quantize.layer_quantizer(target.name, scheme)
     fp32_bytes = context.checkpoint.spec.num_parameters * 4
-    if quantize_layer is None and not fits_in_memory(fp32_bytes * target.export_memory_factor, 0.9):
+    if quantize_while_loading is None and not fits_in_memory(fp32_bytes * target.export_memory_factor, 0.9):
         raise ExportError(
             f"the {target.name} target converts the whole fp32 model at once: about "
             f"{fp32_bytes * target.export_memory_factor / 1e9:.0f} GB at peak for this model, too much for this "
@@ -180,9 +189,9 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
 
     started = time.perf_counter()
     with bundle.staging(destination) as staging_dir:
-        progress("loading weights" + (f" and quantizing each layer ({scheme})" if quantize_layer else ""))
+        progress("loading weights" + (f" and quantizing each layer ({scheme})" if quantize_while_loading else ""))
         request = targets.ExportRequest(
-            decoder=context.checkpoint.build_decoder(prepare_layer=quantize_layer),
+            decoder=context.checkpoint.build_decoder(prepare=quantize_while_loading),
             scheme=scheme,
             max_seq_len=context.max_seq_len,
             bos_id=tokenizer.bos_token_id,

@@ -87,11 +87,13 @@ def budget_for(name: str, overrides: dict | None = None) -> Budget:
 
 
 def layer_quantizer(target: str, scheme: str):
-    """A function that quantizes one decoder layer in place as the checkpoint loads it
-    (Checkpoint.build_decoder's prepare_layer), or None where the target quantizes the
-    whole model itself. Layer by layer, a 7B model never exists whole at fp32."""
+    """A function that quantizes part of the decoder in place as the checkpoint loads it
+    (Checkpoint.build_decoder's `prepare`: each layer as it completes, then the whole
+    decoder, whose embeddings and head are still in their stored dtype), or None where the
+    target quantizes the whole model itself. This way a 12B model never exists whole at
+    fp32, nor does its 671M-entry embedding or head."""
     if target == "executorch" and scheme != "fp32":
-        return lambda layer: quantize_for_executorch(layer, scheme)
+        return lambda module: quantize_for_executorch(module, scheme)
     return None
 
 
@@ -101,12 +103,48 @@ def _not_yet_quantized(module) -> bool:
     return type(module.weight) in (torch.Tensor, torch.nn.Parameter) and module.weight.dtype.is_floating_point
 
 
+# Weights larger than this are quantized a block of rows at a time, from whatever dtype they
+# are stored in: quantizing a 12B model's 671M-entry head in one go takes several fp32 copies
+# of it (HQQ's working set), gigabytes a 24 GB machine no longer has once the layers are in.
+# Rows are independent in both layouts used here (per-row scales, groups of 32 within a row).
+ROW_CHUNK_ELEMENTS = 1 << 24
+
+
+def _quantize_module(module, config) -> None:
+    import torch
+    from torch import nn
+    from torchao.quantization.quant_api import quantize_
+
+    weight = module.weight
+    if weight.numel() <= ROW_CHUNK_ELEMENTS:
+        module.weight = nn.Parameter(weight.float(), requires_grad=False)
+        quantize_(module, config, filter_fn=lambda m, _name: m is module)
+        return
+    rows = max(1, ROW_CHUNK_ELEMENTS // weight.shape[1])
+    parts = []
+    for start in range(0, weight.shape[0], rows):
+        with torch.device("meta"):
+            piece = (nn.Embedding(1, 1) if isinstance(module, nn.Embedding) else nn.Linear(1, 1, bias=False))
+        piece.weight = nn.Parameter(weight[start:start + rows].float(), requires_grad=False)
+        quantize_(piece, config, filter_fn=lambda m, _name: m is piece)
+        parts.append(piece.weight)
+    del weight, piece
+    # one quantized tensor again, of the same torchao class, as if quantized whole
+    kind = type(parts[0])
+    data = {name: torch.cat([getattr(p, name) for p in parts]) for name in kind.tensor_data_names}
+    attributes = {name: getattr(parts[0], name) for name in kind.tensor_attribute_names}
+    del parts
+    module.weight = nn.Parameter(kind(**data, **attributes), requires_grad=False)
+
+
 def quantize_for_executorch(module, scheme: str) -> None:
     """In place, with torchao, in forms XNNPACK runs natively (dynamic int8 activations);
     embeddings are 8-bit per row in both schemes, GPT-2's learned position table too (one
     scale per position row; same gather kernel as the tokens; 4x smaller than fp32 and its
     error far below the 4-bit linears'). Biased linears (Qwen2 q/k/v, Phi-2's lm head) keep
     an fp32 bias; a tied lm head is quantized as a linear, apart from its embedding.
+    Weights still in a 16-bit stored dtype are quantized from it (the result computes in
+    fp32), large ones in blocks of rows.
 
     int8: linears 8da8w (8-bit per-channel weights).
     int4: linears 8da4w (4-bit weights in groups of 32) with HQQ-chosen scales.
@@ -120,20 +158,12 @@ def quantize_for_executorch(module, scheme: str) -> None:
         return
     import torch
     from torchao.quantization.granularity import PerAxis, PerGroup
-    from torchao.quantization.quant_api import (
-        Int8DynamicActivationIntxWeightConfig,
-        IntxWeightOnlyConfig,
-        quantize_,
-    )
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.quantize_.workflows.intx.intx_choose_qparams_algorithm import (
         IntxChooseQParamsAlgorithm,
     )
 
-    quantize_(
-        module,
-        IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-        filter_fn=lambda m, _name: isinstance(m, torch.nn.Embedding) and _not_yet_quantized(m),
-    )
+    embedding_config = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
     if scheme == "int8":
         linear_config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     else:
@@ -142,6 +172,8 @@ def quantize_for_executorch(module, scheme: str) -> None:
             weight_granularity=PerGroup(32),
             intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY,
         )
-    # Layers quantized while loading (layer_quantizer) are skipped: quantizing is idempotent.
-    quantize_(module, linear_config,
-              filter_fn=lambda m, _name: isinstance(m, torch.nn.Linear) and _not_yet_quantized(m))
+    # Embeddings first: a tied head shares the embedding's float weight until then.
+    # Modules quantized while loading (layer_quantizer) are skipped: quantizing is idempotent.
+    for kind, config in ((torch.nn.Embedding, embedding_config), (torch.nn.Linear, linear_config)):
+        for sub in [m for m in module.modules() if isinstance(m, kind) and _not_yet_quantized(m)]:
+            _quantize_module(sub, config)

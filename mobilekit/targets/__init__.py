@@ -21,7 +21,9 @@ TARGET_MODULES = ("coreml", "executorch", "onnx")
 class ExportRequest:
     """What a target needs to write its artefact into a (temporary) bundle folder."""
 
-    decoder: Decoder  # fp32, eval, no grads
+    # fp32, eval, no grads. A target may set it to None once its graph is lowered, so the
+    # weights are freed before the artefact is serialized (the pipeline keeps no other copy).
+    decoder: Decoder | None
     scheme: str
     max_seq_len: int
     bos_id: int | None

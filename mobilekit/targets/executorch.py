@@ -9,6 +9,7 @@ methods below, with names exactly as its C++ code looks them up.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from pathlib import Path
@@ -365,15 +366,21 @@ class ExecuTorchTarget(Target):
         timings["torch_export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        methods = constant_methods(request)
         request.progress("lowering to XNNPACK")
         with _lean_xnnpack_passes():
             edge = to_edge_transform_and_lower(
                 program,
                 partitioner=[XnnpackPartitioner()],
                 compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-                constant_methods=constant_methods(request),
+                constant_methods=methods,
             )
         timings["lower_s"] = time.perf_counter() - t0
+        # XNNPACK now holds its own packed copy of every linear weight: free the torchao
+        # tensors before serializing, or a 12B model's weights are held twice at the peak.
+        del program, module
+        request.decoder = None
+        gc.collect()
 
         t0 = time.perf_counter()
         request.progress("emitting .pte")
@@ -406,7 +413,7 @@ class ExecuTorchTarget(Target):
                 "dtype": "float32",
                 **cache_notes(spec),
             },
-            "constant_methods": constant_methods(request),
+            "constant_methods": methods,
         }
         return Artefact(files=[MODEL_FILE], io=io, extra={"timings": timings, "backend": "XNNPACK"})
 

@@ -17,28 +17,45 @@ def tiny_qwen2(tmp_path_factory):
 def test_layers_are_prepared_in_order_as_they_load(tiny_qwen2):
     seen = []
 
-    def prepare(layer):
-        # every weight of this layer is loaded; later layers are still on the meta device
-        assert all(p.device.type == "cpu" for p in layer.parameters())
-        seen.append(layer)
+    def prepare(module):
+        # every weight of this part is loaded; later layers are still on the meta device
+        assert all(p.device.type == "cpu" for p in module.parameters())
+        seen.append(module)
 
-    decoder = tiny_qwen2.build_decoder(prepare_layer=prepare)
-    assert seen == list(decoder.layers)
+    decoder = tiny_qwen2.build_decoder(prepare=prepare)
+    assert seen == [*decoder.layers, decoder]  # each layer as it completes, then the whole model
     whole = tiny_qwen2.build_decoder()
     for (name, a), (_, b) in zip(decoder.state_dict().items(), whole.state_dict().items()):
         assert torch.equal(a, b), name
 
 
-def test_layer_quantizer_then_whole_model_quantizes_each_linear_once(tiny_qwen2):
+def test_layer_quantizer_quantizes_everything_while_loading_and_only_once(tiny_qwen2):
     assert quantize.layer_quantizer("onnx", "int4") is None
     assert quantize.layer_quantizer("executorch", "fp32") is None
-    decoder = tiny_qwen2.build_decoder(prepare_layer=quantize.layer_quantizer("executorch", "int4"))
-    layer_weight = decoder.layers[0].mlp.up_proj.weight
-    assert not quantize._not_yet_quantized(decoder.layers[0].mlp.up_proj)
-    assert quantize._not_yet_quantized(decoder.lm_head)
+    decoder = tiny_qwen2.build_decoder(prepare=quantize.layer_quantizer("executorch", "int4"))
+    quantizable = [m for m in decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
+    assert not any(quantize._not_yet_quantized(m) for m in quantizable)  # head and embedding too
+    weights = [m.weight for m in quantizable]
     quantize.quantize_for_executorch(decoder, "int4")
-    assert decoder.layers[0].mlp.up_proj.weight is layer_weight  # not quantized twice
-    assert not quantize._not_yet_quantized(decoder.lm_head)
+    assert all(m.weight is w for m, w in zip(quantizable, weights))  # not quantized twice
+
+
+@pytest.mark.parametrize("kind", [torch.nn.Embedding, torch.nn.Linear])
+def test_large_weights_quantized_in_row_blocks_equal_quantized_whole(kind, monkeypatch):
+    torch.manual_seed(0)
+    shape = (200, 64) if kind is torch.nn.Embedding else (64, 200)  # 200 rows of 64 either way
+    whole, chunked = kind(*shape), kind(*shape)
+    chunked.load_state_dict(whole.state_dict())
+    chunked.weight = torch.nn.Parameter(chunked.weight.detach().to(torch.bfloat16), requires_grad=False)
+    whole.weight = torch.nn.Parameter(whole.weight.detach().to(torch.bfloat16).float(), requires_grad=False)
+    quantize.quantize_for_executorch(whole, "int4")
+    monkeypatch.setattr(quantize, "ROW_CHUNK_ELEMENTS", 64 * 48)  # blocks of 48 rows, the last one short
+    quantize.quantize_for_executorch(chunked, "int4")
+    assert type(chunked.weight) is type(whole.weight) and chunked.weight.dtype == torch.float32
+    for name in type(whole.weight).tensor_data_names:
+        assert torch.equal(getattr(chunked.weight, name), getattr(whole.weight, name)), name
+    x = torch.randint(0, 200, (1, 5)) if kind is torch.nn.Embedding else torch.randn(1, 5, 64)
+    torch.testing.assert_close(chunked(x), whole(x), rtol=0, atol=0)
 
 
 def test_random_checkpoint_has_the_hub_layout(tmp_path):
@@ -48,6 +65,12 @@ def test_random_checkpoint_has_the_hub_layout(tmp_path):
     assert ckpt.stored_dtype == torch.bfloat16
     decoder = ckpt.build_decoder()
     assert decoder.layers[0].attention.q_proj.weight.dtype == torch.float32
+    # quantized while loading: the bf16 embedding and head are quantized straight from bf16,
+    # and what stays float (norms, biases) arrives in fp32
+    quantized = ckpt.build_decoder(prepare=quantize.layer_quantizer("executorch", "int4"))
+    assert not quantize._not_yet_quantized(quantized.embed_tokens)
+    assert quantized.embed_tokens.weight.dtype == quantized.lm_head.weight.dtype == torch.float32
+    assert quantized.norm.weight.dtype == quantized.layers[0].attention.q_proj.bias.dtype == torch.float32
 
 
 def test_a_model_too_large_for_memory_is_refused_with_the_fix(tiny_qwen2, monkeypatch, tmp_path):
