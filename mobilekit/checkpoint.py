@@ -28,6 +28,7 @@ from torch import nn
 
 from mobilekit import families
 from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
+from mobilekit.memory import release_free_memory
 from mobilekit.modeling import Decoder, DecoderSpec
 
 EMBEDDED = "embedded"
@@ -132,6 +133,7 @@ class Checkpoint:
             del weights
             if layer is not None and prepare is not None:
                 prepare(decoder.layers[layer])
+                release_free_memory()  # the layer's float weights and the quantizer's temporaries
         missing = expected - loaded
         if missing:
             raise CheckpointError(f"weights in {self.path} do not match its config: missing {sorted(missing)[:8]}")
@@ -140,6 +142,7 @@ class Checkpoint:
         if prepare is not None:
             prepare(decoder)
             _cast_plain_tensors(decoder, dtype)
+            release_free_memory()
         return decoder.eval().requires_grad_(False)
 
     @cached_property

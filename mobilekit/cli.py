@@ -23,18 +23,24 @@ def _console():
 
 @contextmanager
 def _progress(description: str):
-    """A spinner whose text follows the pipeline's progress messages."""
+    """A spinner whose text follows the pipeline's progress messages, each also logged with
+    the time and resident memory; without a terminal (CI, a log file) just the log lines,
+    written as they happen."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from mobilekit.pipeline import memory_note
+
+    console = _console()
+    if not console.is_terminal:
+        yield lambda message: console.log(f"{description}: {message}  ({memory_note()})")
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=_console(), transient=True) as progress:
+                  console=console, transient=True) as progress:
         task = progress.add_task(description)
 
         def update(message: str) -> None:
-            from mobilekit.pipeline import memory_note
-
             progress.update(task, description=f"{description}: {message}")
-            progress.console.log(f"{message}  [{memory_note()}]")
+            progress.console.log(f"{message}  ({memory_note()})")
 
         yield update
 
