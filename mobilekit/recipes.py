@@ -23,8 +23,10 @@ from mobilekit.errors import CheckpointError, RecipeError, UnknownNameError
 _KNOWN_KEYS = {
     "name", "family", "repo", "revision", "default_checkpoint", "max_seq_len",
     "default_quant", "budgets", "license", "stop_strings", "notes",
-    "config", "special_ids", "chat_template",
+    "config", "special_ids", "chat_template", "tokenizer",
 }
+# [tokenizer]: where the tokenizer comes from when the checkpoint ships none (OpenELM).
+_TOKENIZER_KEYS = {"repo", "revision", "files", "sha256", "config", "notes"}
 # Where bos/eos ids come from: "config" (config.json's eos_token_id, plus the tokenizer's
 # eos) or "tokenizer" (the tokenizer's alone: Fox-1's config.json has bos/eos swapped
 # against its Gemma tokenizer, ARCHITECTURES.md §1).
@@ -56,6 +58,9 @@ class Recipe:
     # A Jinja chat template (the format of tokenizer_config.json's chat_template) for
     # checkpoints whose tokenizer has none, e.g. LaMini's Alpaca wrapper.
     chat_template: str = ""
+    # repo, revision (pinned commit), files, sha256 {file: digest}, config (written as
+    # tokenizer_config.json): for checkpoints whose repo has no tokenizer (OpenELM)
+    tokenizer: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
         from mobilekit import families, quantize, targets
@@ -82,6 +87,8 @@ class Recipe:
             raise RecipeError(
                 f"recipe {self.id}: special_ids {self.special_ids!r} must be one of {', '.join(SPECIAL_IDS)}"
             )
+        if self.tokenizer:
+            self._check_tokenizer_table()
         if self.config:
             claimed = families.for_architecture(self.config.get("architectures"), self.config.get("model_type"))
             if claimed.name != self.family:
@@ -89,6 +96,21 @@ class Recipe:
                     f"recipe {self.id}: [config] describes a {claimed.name} checkpoint "
                     f"({self.config.get('architectures')}), but family is {self.family!r}"
                 )
+
+    def _check_tokenizer_table(self):
+        table = self.tokenizer
+        unknown = set(table) - _TOKENIZER_KEYS
+        if unknown:
+            raise RecipeError(f"recipe {self.id}: [tokenizer] has unknown keys {sorted(unknown)}; "
+                              f"known: {sorted(_TOKENIZER_KEYS)}")
+        missing = {"repo", "revision", "files"} - set(table)
+        if missing:
+            raise RecipeError(f"recipe {self.id}: [tokenizer] lacks {sorted(missing)}")
+        if "/" not in table["repo"] or not table["revision"]:
+            raise RecipeError(f"recipe {self.id}: [tokenizer] needs repo owner/name and a pinned revision")
+        unlisted = set(table.get("sha256", {})) - set(table["files"])
+        if unlisted:
+            raise RecipeError(f"recipe {self.id}: [tokenizer] sha256 names files not in files: {sorted(unlisted)}")
 
     @property
     def checkpoint_source(self) -> str:
@@ -198,6 +220,7 @@ def from_dict(recipe_id: str, data: dict) -> Recipe:
         config=MappingProxyType(_config_table(recipe_id, data.get("config", {}))),
         special_ids=data.get("special_ids", "config"),
         chat_template=data.get("chat_template", ""),
+        tokenizer=MappingProxyType(dict(data.get("tokenizer", {}))),
     )
 
 

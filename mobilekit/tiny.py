@@ -106,10 +106,48 @@ TINY_STABLELM = {
     "tie_word_embeddings": False,
 }
 
+# The families transformers lacks, in their checkpoints' own config.json schemas; the same
+# dicts as tests/reference/*.TINY_CONFIG (a test keeps them equal). Every in_features is a
+# multiple of 32, so the int4 schemes' blocks of 32 apply unchanged.
+
+# MiniCPM: every muP scale away from 1 (embedding x12, residual x1.4/sqrt(3), logits / (64/32)),
+# GQA 4/2, tied head.
+TINY_MINICPM = {
+    **{k: TINY_LLAMA[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "bos_token_id", "eos_token_id",
+                                  "rope_theta", "hidden_act", "num_attention_heads", "num_key_value_heads")},
+    "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "num_hidden_layers": 3,
+    "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_scaling": None,
+    "scale_emb": 12, "dim_model_base": 32, "scale_depth": 1.4, "tie_word_embeddings": True,
+}
+
+# OpenELM: layer-wise scaling, query heads 2/4/4/4, kv heads 1/2/2/2 (MQA then GQA), FFN
+# 32/128/192/256; per-head q/k norms; shared embeddings. ffn_multipliers and the head lists
+# stored expanded, as the hub's config.json files store them.
+TINY_OPENELM = {
+    "architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "vocab_size": 512, "max_context_length": 256,
+    "num_transformer_layers": 4, "model_dim": 64, "head_dim": 16, "num_gqa_groups": 2,
+    "qkv_multipliers": [0.5, 1.0], "ffn_multipliers": [0.5, 1.67, 2.83, 4.0], "ffn_with_glu": True,
+    "ffn_dim_divisor": 32, "activation_fn_name": "swish", "normalization_layer_name": "rms_norm",
+    "normalize_qk_projections": True, "share_input_output_layers": True, "rope_freq_constant": 10000,
+    "rope_max_length": 512, "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2,
+    "num_query_heads": [2, 4, 4, 4], "num_kv_heads": [1, 2, 2, 2],
+}
+
+# open_lm (DCLM-1B's flat schema): gain-only LayerNorms, QK LayerNorm over the full width,
+# fused in_proj and w12, untied head.
+TINY_OPEN_LM = {
+    "architectures": ["OpenLMForCausalLM"], "model_type": "openlm", "dim": 64, "n_layers": 3, "n_heads": 4,
+    "vocab_size": 512, "norm_eps": 1e-5, "seq_len": 256, "post_embed_norm": False, "weight_tying": False,
+    "norm_type": "gain_only_lp_layer_norm", "apply_qk_norm": True, "qk_norm": True,
+    "positional_embedding_type": "rotary", "ffn_type": "swiglu_torch", "attn_name": "torch_attn",
+    "attn_activation": None, "moe_freq": 0,
+}
+
 # One tiny config per family, every quirk of that family switched on (tests iterate over it).
 TINY_CONFIGS = {
     "llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "phi3": TINY_PHI3, "phi": TINY_PHI, "gemma2": TINY_GEMMA2,
     "gemma3": TINY_GEMMA3, "gpt_neox": TINY_GPT_NEOX, "gpt2": TINY_GPT2, "stablelm": TINY_STABLELM,
+    "minicpm": TINY_MINICPM, "openelm": TINY_OPENELM, "open_lm": TINY_OPEN_LM,
 }
 
 CHATML_TEMPLATE = (
@@ -147,16 +185,47 @@ def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
     fast.save_pretrained(folder)
 
 
-def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0, init_std: float = 0.08) -> Path:
-    """Write a random-weight HF checkpoint folder of `config` (default: a tiny Llama).
+def _shapes_without_transformers(config: dict) -> dict | None:
+    """{name: shape} of a family transformers cannot build (its Family.checkpoint_shapes), else None."""
+    from mobilekit import families
+
+    family = families.for_architecture(config.get("architectures"), config.get("model_type"))
+    return family.checkpoint_shapes(config) if family.hf_reference_class is None else None
+
+
+def _random_tensor(shape, std: float, generator, base_1d: float | None = None) -> torch.Tensor:
+    """Matrices N(0, std); 1-D weights around `base_1d` (default: 1 + 0.1 N(0,1) for norms,
+    as trained models have, never exactly 1 so a misplaced gain shows)."""
+    if len(shape) == 1:
+        if base_1d is None:
+            return 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        return base_1d + std * torch.randn(shape, generator=generator)
+    return std * torch.randn(shape, generator=generator)
+
+
+def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0, init_std: float = 0.08,
+                         tokenizer: bool = True) -> Path:
+    """Write a random-weight HF checkpoint folder of `config` (default: a tiny Llama), with
+    the tiny tokenizer unless `tokenizer` is False (OpenELM's real layout has none).
 
     init_std is larger than HF's 0.02 so that logits are peaked like a trained model's and
-    top-1 agreement is a meaningful metric."""
+    top-1 agreement is a meaningful metric. Families transformers lacks are written from
+    their Family.checkpoint_shapes, names and config.json exactly as their hub files."""
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(config or TINY_LLAMA)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    shapes = _shapes_without_transformers(config)
+    if shapes is not None:
+        generator = torch.Generator().manual_seed(seed)
+        state = {name: _random_tensor(shape, init_std, generator) for name, shape in shapes.items()}
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer:
+            save_tiny_tokenizer(folder, config.get("vocab_size") or config["params_args_dict"]["vocab_size"])
+        return folder
     hf_config = AutoConfig.for_model(**{**config, "initializer_range": init_std})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
@@ -167,7 +236,8 @@ def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0
             if param.ndim == 1:
                 param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(folder)
-    save_tiny_tokenizer(folder, config["vocab_size"])
+    if tokenizer:
+        save_tiny_tokenizer(folder, config["vocab_size"])
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architectures"] = config["architectures"]
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -186,11 +256,15 @@ def make_random_checkpoint(folder: Path, config: dict, dtype: torch.dtype = torc
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hf_config = AutoConfig.for_model(**config)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(hf_config).state_dict().items()}
-    if hf_config.tie_word_embeddings:
-        shapes.pop("lm_head.weight", None)
+    shapes = _shapes_without_transformers(config)
+    hf_config = None
+    if shapes is None:
+        hf_config = AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(hf_config).state_dict().items()}
+        if hf_config.tie_word_embeddings:
+            shapes.pop("lm_head.weight", None)
+    shapes = {k: torch.Size(v) for k, v in shapes.items()}
     generator = torch.Generator().manual_seed(seed)
     shards: list[dict] = [{}]
     size = 0
@@ -206,19 +280,20 @@ def make_random_checkpoint(folder: Path, config: dict, dtype: torch.dtype = torc
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         tensors = {}
         for name, shape in names.items():
-            if len(shape) == 1:  # norms and biases: near 1 / near 0 as trained models have
-                base = 1.0 if "norm" in name else 0.0
-                tensors[name] = (base + std * torch.randn(shape, generator=generator)).to(dtype)
-            else:
-                tensors[name] = (std * torch.randn(shape, generator=generator)).to(dtype)
+            # norms and biases: near 1 / near 0 as trained models have
+            base = 1.0 if "norm" in name else 0.0
+            tensors[name] = _random_tensor(shape, std, generator, base).to(dtype)
             weight_map[name] = file
         save_file(tensors, folder / file, metadata={"format": "pt"})
         del tensors
     total = sum(s.numel() * torch.finfo(dtype).bits // 8 for s in shapes.values())
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    hf_config.save_pretrained(folder)
-    cfg = json.loads((folder / "config.json").read_text())
+    if hf_config is not None:
+        hf_config.save_pretrained(folder)
+        cfg = json.loads((folder / "config.json").read_text())
+    else:
+        cfg = dict(config)
     cfg["architectures"], cfg["torch_dtype"] = config["architectures"], str(dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     save_tiny_tokenizer(folder, 512)

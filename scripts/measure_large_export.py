@@ -44,10 +44,11 @@ def main() -> int:
     (out.parent / "export.log").write_text(result.stderr)
     progress = [line for line in result.stderr.splitlines() if re.match(r"\[\d\d:\d\d:\d\d\]", line)]
     print("\n".join(progress))  # timestamped pipeline steps: where the time and memory went
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    # GNU time says "kbytes" but reports KiB (ru_maxrss)
+    peak_bytes = 1024 * int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", result.stderr).group(1)
     print(f"\n{recipe.id} -> {args.target} {args.quant}: exit {result.returncode}, wall {wall}, "
-          f"peak RSS {peak_kb / 1e6:.2f} GB = {peak_kb * 1e3 / checkpoint_bytes:.2f}x the "
+          f"peak RSS {peak_bytes / 1e9:.2f} GB = {peak_bytes / checkpoint_bytes:.2f}x the "
           f"{checkpoint_bytes / 1e9:.2f} GB bf16 checkpoint; bundle {out}, full log {out.parent / 'export.log'}")
     return 0
 

@@ -7,6 +7,7 @@ decoder's, and nothing else.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -16,7 +17,8 @@ from mobilekit.errors import CheckpointError, UnknownNameError, UnsupportedArchi
 from mobilekit.modeling.spec import DecoderSpec
 
 # Registry key = module stem. Kept as a literal list so nothing heavy is imported until asked.
-FAMILY_MODULES = ("llama", "qwen2", "phi3", "phi", "gemma2", "gemma3", "gpt_neox", "gpt2", "stablelm")
+FAMILY_MODULES = ("llama", "qwen2", "phi3", "phi", "gemma2", "gemma3", "gpt_neox", "gpt2", "stablelm",
+                  "minicpm", "openelm", "open_lm")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class Family:
     hf_reference_class: str | None = None
     # model_type values claimed when a config.json has no `architectures` (Cerebras-GPT-2.7B)
     model_types: tuple[str, ...] = ()
+    # Families transformers lacks: {weight name: shape} exactly as the checkpoints store them,
+    # from a config.json (what mobilekit.tiny randomizes, since transformers cannot build them).
+    checkpoint_shapes: Callable[[Mapping], dict[str, tuple[int, ...]]] | None = None
+    # Said when a checkpoint folder has no tokenizer (OpenELM's repos ship none).
+    tokenizer_hint: str = ""
 
 
 def names() -> list[str]:
@@ -131,6 +138,17 @@ def activation(name: str) -> str:
     if name not in HF_ACTIVATIONS:
         raise CheckpointError(f"activation {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})")
     return HF_ACTIVATIONS[name]
+
+
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int:
+    """The decoder layer a checkpoint weight name belongs to (`...layers.{i}....`)."""
+    m = _LAYER_INDEX.search(name)
+    if m is None:
+        raise CheckpointError(f"weight {name!r} names no layer")
+    return int(m.group(1))
 
 
 def rename(name: str, prefixes: tuple[str, ...], renames: Mapping[str, str]) -> str:

@@ -115,13 +115,25 @@ def _rotate(x, cos, sin):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm with weight and bias (GPT-NeoX, GPT-2, Phi-2, StableLM). Its own class so
-    targets can tell it from the RMSNorm and swap either for their preferred form."""
+    """LayerNorm with weight and bias (GPT-NeoX, GPT-2, Phi-2, StableLM), or weight only
+    (open_lm's gain-only norms: bias None). Its own class so targets can tell it from the
+    RMSNorm and swap either for their preferred form."""
 
 
 def make_norm(spec: DecoderSpec, dim: int | None = None) -> nn.Module:
     dim = dim or spec.hidden_size
-    return LayerNorm(dim, eps=spec.norm_eps) if spec.norm == "layer" else RMSNorm(dim, spec.norm_eps)
+    if spec.norm == "layer":
+        return LayerNorm(dim, eps=spec.norm_eps, bias=spec.norm_bias)
+    return RMSNorm(dim, spec.norm_eps)
+
+
+_GELU_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh_elementwise(x):
+    """gelu(approximate="tanh") from mul/add/tanh, for targets whose converters lose the
+    `approximate` flag: XNNPACK runs it as the exact-erf GELU, coremltools 9 ignores it."""
+    return 0.5 * x * (1.0 + torch.tanh(_GELU_TANH_C * (x + 0.044715 * (x * x * x))))
 
 
 _ACTIVATIONS = {
@@ -132,27 +144,36 @@ _ACTIVATIONS = {
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
         d, hd = spec.hidden_size, spec.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, hd
-        self.q_proj = nn.Linear(d, spec.num_heads * hd, bias=spec.qkv_bias)
-        self.k_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
-        self.v_proj = nn.Linear(d, spec.num_kv_heads * hd, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(spec.num_heads * hd, d, bias=spec.output_bias)
-        if spec.qk_norm:
-            # Gemma 3's (1 + w) norms, stored by the family as the effective scale.
-            self.q_norm = RMSNorm(hd, spec.norm_eps)
-            self.k_norm = RMSNorm(hd, spec.norm_eps)
+        heads, kv = spec.layer_heads(layer), spec.layer_kv_heads(layer)
+        self.num_heads, self.num_kv_heads, self.head_dim = heads, kv, hd
+        self.q_proj = nn.Linear(d, heads * hd, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(heads * hd, d, bias=spec.output_bias)
+        self.qk_norm_width = spec.qk_norm_width if spec.qk_norm else None
+        if self.qk_norm_width == "head":
+            # Gemma 3's (1 + w) norms, stored by the family as the effective scale; OpenELM's.
+            self.q_norm = make_norm(spec, hd)
+            self.k_norm = make_norm(spec, hd)
+        elif self.qk_norm_width == "full":
+            # open_lm: one norm over all heads' lanes of q (and of k) at once
+            self.q_norm = make_norm(spec, heads * hd)
+            self.k_norm = make_norm(spec, kv * hd)
         self.rotary = Rotary() if spec.rotary_width else None
 
     def forward(self, layer_index, x, rope, attend: Attend):
         # -1 rather than the symbolic length: backends (XNNPACK) reject symbolic reshapes
         b = x.shape[0]
-        q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm_width == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(b, -1, self.num_heads, self.head_dim)
+        k = k.view(b, -1, self.num_kv_heads, self.head_dim)
+        v = v.view(b, -1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm_width == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             cos, sin = rope
@@ -161,9 +182,9 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
-        d, inter = spec.hidden_size, spec.intermediate_size
+        d, inter = spec.hidden_size, spec.layer_intermediate(layer)
         self.gate_proj = nn.Linear(d, inter, bias=spec.mlp_bias)
         self.up_proj = nn.Linear(d, inter, bias=spec.mlp_bias)
         self.down_proj = nn.Linear(inter, d, bias=spec.mlp_bias)
@@ -174,9 +195,9 @@ class GatedMLP(nn.Module):
 
 
 class PlainMLP(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
-        d, inter = spec.hidden_size, spec.intermediate_size
+        d, inter = spec.hidden_size, spec.layer_intermediate(layer)
         self.fc_in = nn.Linear(d, inter, bias=spec.mlp_bias)
         self.fc_out = nn.Linear(inter, d, bias=spec.mlp_bias)
         self.act = _ACTIVATIONS[spec.activation]
@@ -188,16 +209,18 @@ class PlainMLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Norm names by role: input_norm feeds attention, post_attention_norm feeds the MLP
     (absent when both share input_norm); the sandwich norms (Gemma) normalize each
-    sub-layer's output before its residual add."""
+    sub-layer's output before its residual add; residual_scale (MiniCPM) scales each
+    sub-layer's output before its add."""
 
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
         self.residual = spec.residual
+        self.residual_scale = spec.residual_scale
         self.input_norm = make_norm(spec)
-        self.attention = Attention(spec)
+        self.attention = Attention(spec, layer)
         if spec.residual != "parallel_shared_norm":
             self.post_attention_norm = make_norm(spec)
-        self.mlp = GatedMLP(spec) if spec.mlp == "gated" else PlainMLP(spec)
+        self.mlp = GatedMLP(spec, layer) if spec.mlp == "gated" else PlainMLP(spec, layer)
         if spec.sandwich_norms:
             self.attention_output_norm = make_norm(spec)
             self.mlp_output_norm = make_norm(spec)
@@ -207,6 +230,8 @@ class DecoderLayer(nn.Module):
         a = self.attention(layer_index, x, rope, attend)
         if hasattr(self, "attention_output_norm"):
             a = self.attention_output_norm(a)
+        if self.residual_scale != 1.0:  # skipped at 1.0: other families' graphs stay as they were
+            a = a * self.residual_scale
         if self.residual == "sequential":
             h = h + a
             x = self.post_attention_norm(h)
@@ -215,11 +240,14 @@ class DecoderLayer(nn.Module):
         m = self.mlp(x)
         if hasattr(self, "mlp_output_norm"):
             m = self.mlp_output_norm(m)
+        if self.residual_scale != 1.0:
+            m = m * self.residual_scale
         return h + m if self.residual == "sequential" else h + a + m
 
 
 class Decoder(nn.Module):
-    """Embedding (+ learned positions, x scale) -> N layers -> final norm -> lm head (-> softcap)."""
+    """Embedding (+ learned positions, x scale) -> N layers -> final norm (/ logit divisor)
+    -> lm head (-> softcap)."""
 
     def __init__(self, spec: DecoderSpec):
         super().__init__()
@@ -227,7 +255,7 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         if spec.learned_positions:
             self.embed_positions = nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(spec) for _ in range(spec.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
         self.norm = make_norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.lm_head_bias)
         if spec.tie_word_embeddings:
@@ -250,6 +278,9 @@ class Decoder(nn.Module):
         h = self.norm(h)
         if last_only:
             h = h[:, -1, :]
+        if spec.logit_divisor != 1.0:
+            # MiniCPM divides (by hidden_size / dim_model_base, e.g. 9.0): not the reciprocal product
+            h = h / spec.logit_divisor
         logits = self.lm_head(h)
         if spec.final_softcap is not None:
             logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap

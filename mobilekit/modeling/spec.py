@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from mobilekit.errors import CheckpointError
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
-NORMS = ("rms", "layer")  # RMSNorm (Llama style) | LayerNorm with bias
+NORMS = ("rms", "layer")  # RMSNorm (Llama style) | LayerNorm (with bias unless norm_bias is False)
 MLPS = ("gated", "plain")  # down(act(gate(x)) * up(x)) | fc_out(act(fc_in(x)))
 # sequential: h += attn(norm1(h)); h += mlp(norm2(h))
 # parallel: h += attn(norm1(h)) + mlp(norm2(h))             (GPT-NeoX)
 # parallel_shared_norm: x = norm1(h); h += attn(x) + mlp(x) (Phi-2)
 RESIDUALS = ("sequential", "parallel", "parallel_shared_norm")
 LAYER_TYPES = ("full", "sliding")
+# Where q/k norms apply: "head" = over head_dim, per head, after the head split (Gemma 3,
+# OpenELM); "full" = over all heads' lanes at once, before the split (open_lm).
+QK_NORM_WIDTHS = ("head", "full")
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,27 @@ class DecoderSpec:
     # apply the window as a mask: exact at any context, but the cache is not smaller.
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()
+    # Per-layer sizes (OpenELM's layer-wise scaling). Empty = every layer uses num_heads /
+    # num_kv_heads / intermediate_size; when set, those three hold the maximum over layers.
+    layer_num_heads: tuple[int, ...] = ()
+    layer_num_kv_heads: tuple[int, ...] = ()
+    layer_intermediate_sizes: tuple[int, ...] = ()
+    norm_bias: bool = True  # norm "layer" only: False = gain-only LayerNorm (open_lm)
+    qk_norm_width: str = "head"  # QK_NORM_WIDTHS
+    # MiniCPM's muP scales: each sub-layer output times residual_scale before its residual
+    # add; the final hidden state divided by logit_divisor before the lm head.
+    residual_scale: float = 1.0
+    logit_divisor: float = 1.0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        if self.num_heads % self.num_kv_heads:
-            raise CheckpointError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
+        self._check_layer_sizes()
+        for i in range(self.num_layers):
+            if self.layer_heads(i) % self.layer_kv_heads(i):
+                raise CheckpointError(
+                    f"num_heads ({self.layer_heads(i)}) must be a multiple of num_kv_heads "
+                    f"({self.layer_kv_heads(i)})" + (f" in layer {i}" if not self.uniform_layers else "")
+                )
         if self.head_dim % 2:
             raise CheckpointError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
         for value, allowed, what in ((self.activation, ACTIVATIONS, "activation"), (self.norm, NORMS, "norm"),
@@ -110,6 +127,28 @@ class DecoderSpec:
                 )
             if "sliding" in self.layer_types and not self.sliding_window:
                 raise CheckpointError("layer_types has sliding layers but sliding_window is not set")
+        if self.qk_norm_width not in QK_NORM_WIDTHS:
+            raise CheckpointError(f"qk_norm_width {self.qk_norm_width!r} must be one of {', '.join(QK_NORM_WIDTHS)}")
+        if self.qk_norm_width == "full" and not self.qk_norm:
+            raise CheckpointError('qk_norm_width "full" needs qk_norm')
+        if not self.norm_bias and self.norm != "layer":
+            raise CheckpointError('norm_bias False (gain-only LayerNorm) needs norm "layer"')
+        if self.residual_scale <= 0 or self.logit_divisor <= 0:
+            raise CheckpointError(
+                f"residual_scale ({self.residual_scale}) and logit_divisor ({self.logit_divisor}) must be positive"
+            )
+
+    def _check_layer_sizes(self):
+        pairs = (("layer_num_heads", "num_heads"), ("layer_num_kv_heads", "num_kv_heads"),
+                 ("layer_intermediate_sizes", "intermediate_size"))
+        for name, whole in pairs:
+            values = getattr(self, name)
+            if values and len(values) != self.num_layers:
+                raise CheckpointError(f"{name} has {len(values)} entries; it needs one per layer ({self.num_layers})")
+            if values and max(values) != getattr(self, whole):
+                raise CheckpointError(f"{whole} ({getattr(self, whole)}) must be the largest of {name} ({max(values)})")
+        if bool(self.layer_num_heads) != bool(self.layer_num_kv_heads):
+            raise CheckpointError("layer_num_heads and layer_num_kv_heads are set together or not at all")
 
     @classmethod
     def from_dict(cls, stored: dict) -> "DecoderSpec":
@@ -118,8 +157,9 @@ class DecoderSpec:
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise CheckpointError(f"decoder_spec has fields this mobilekit does not know: {sorted(unknown)}")
-        if isinstance(fields.get("layer_types"), list):
-            fields["layer_types"] = tuple(fields["layer_types"])
+        for name in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes"):
+            if isinstance(fields.get(name), list):
+                fields[name] = tuple(fields[name])
         scaling = fields.get("rope_scaling")
         if isinstance(scaling, dict):
             kind = scaling.get("kind", "llama3")
@@ -160,21 +200,44 @@ class DecoderSpec:
             return ()
         return tuple(sorted({self.layer_rope(i) for i in range(self.num_layers)}))
 
+    def layer_heads(self, layer: int) -> int:
+        return self.layer_num_heads[layer] if self.layer_num_heads else self.num_heads
+
+    def layer_kv_heads(self, layer: int) -> int:
+        return self.layer_num_kv_heads[layer] if self.layer_num_kv_heads else self.num_kv_heads
+
+    def layer_intermediate(self, layer: int) -> int:
+        return self.layer_intermediate_sizes[layer] if self.layer_intermediate_sizes else self.intermediate_size
+
+    @property
+    def uniform_layers(self) -> bool:
+        """Whether every layer has the same head counts and MLP width."""
+        return not (self.layer_num_heads or self.layer_num_kv_heads or self.layer_intermediate_sizes)
+
+    @property
+    def uniform_kv_heads(self) -> bool:
+        """Whether every layer's KV cache has the same number of heads."""
+        return len({self.layer_kv_heads(i) for i in range(self.num_layers)}) <= 1
+
     @property
     def has_sliding_layers(self) -> bool:
         return any(self.layer_window(i) for i in range(self.num_layers))
 
     @property
     def num_parameters(self) -> int:
-        d, hd, inter = self.hidden_size, self.head_dim, self.intermediate_size
-        attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
-        attn += hd * (self.num_heads + 2 * self.num_kv_heads) * self.qkv_bias + d * self.output_bias
-        attn += 2 * hd * self.qk_norm
-        mlp = (3 if self.mlp == "gated" else 2) * d * inter + (inter + d) * self.mlp_bias
-        norm = d * (2 if self.norm == "layer" else 1)
+        d, hd = self.hidden_size, self.head_dim
+        per_norm = 2 if self.norm == "layer" and self.norm_bias else 1  # weight (+ bias) per lane
         norms = {"sequential": 2, "parallel": 2, "parallel_shared_norm": 1}[self.residual] + 2 * self.sandwich_norms
-        per_layer = attn + mlp + norms * norm
+        total = 0
+        for i in range(self.num_layers):
+            heads, kv, inter = self.layer_heads(i), self.layer_kv_heads(i), self.layer_intermediate(i)
+            attn = d * hd * (heads * 2 + kv * 2)
+            attn += hd * (heads + 2 * kv) * self.qkv_bias + d * self.output_bias
+            if self.qk_norm:
+                attn += per_norm * hd * (2 if self.qk_norm_width == "head" else heads + kv)
+            mlp = (3 if self.mlp == "gated" else 2) * d * inter + (inter + d) * self.mlp_bias
+            total += attn + mlp + norms * per_norm * d
         embed = self.vocab_size * d
         head = (0 if self.tie_word_embeddings else embed) + self.vocab_size * self.lm_head_bias
         positions = self.max_position_embeddings * d * self.learned_positions
-        return self.num_layers * per_layer + embed + head + positions + norm
+        return total + embed + head + positions + per_norm * d

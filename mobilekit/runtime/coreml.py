@@ -4,12 +4,17 @@ macOS: `CoreMLSession` runs the real stateful MLModel (make_state, then predict 
 inputIds + causalMask, prefill then decode), and `coreml_generate` generates greedily with
 the bundle's tokenizer.
 
-Linux (no Core ML runtime; coremltools' wheel lacks libcoremlpython): the saved package is
-loaded back into a MIL program, its stored weights (dequantized from constexpr ops where
-quantized) are mapped onto the decoder's parameter names and loaded into a fresh
-`mobilekit.modeling.Decoder`, which runs as an `EagerSession`. That validates what the
-package stores (weights, quantization); it does not execute Core ML's kernels or its fp16
-arithmetic.
+Linux (no Core ML runtime; coremltools' wheel lacks libcoremlpython): `EvaluatorSession`
+runs the saved package's MIL program op by op through `mobilekit.runtime.mil_evaluator`,
+with its states held between calls as Core ML holds them: the stage-2 runtime of a Core ML
+bundle there, and what `generate` runs. It executes the converted graph in numpy; it is not
+Core ML, and its fp16 arithmetic estimates the device's (see that module).
+
+Also here: the weight round-trip (`map_weights`, `roundtrip_decoder`: the package's stored
+weights, dequantized from constexpr ops where quantized, mapped onto the decoder's parameter
+names and loaded into a fresh `mobilekit.modeling.Decoder`), which the export uses to record
+weights the converter folded away or merged and the tests use to check what a package
+stores; and `WrapperSession`, the converted torch module run eagerly.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.runtime import Session
 from mobilekit.targets import GenerationResult
 
-ROUNDTRIP_RUNTIME = "Core ML weight round-trip (Linux; Core ML cannot execute here)"
 COREML_RUNTIME = "Core ML (MLModel.predict, stateful)"
+EVALUATOR_RUNTIME = "mobilekit Core ML evaluator (MIL program in numpy, not Core ML)"
 
 # Suffixes coremltools appends to a weight's name as passes rewrite it (fp16 cast,
 # compression); stripped to recover the torch.export placeholder name p_decoder_<key>.
@@ -318,13 +323,6 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
     return decoder.eval().requires_grad_(False), report
 
 
-def roundtrip_session(path: Path, spec: DecoderSpec, max_seq_len: int):
-    from mobilekit.runtime.eager import EagerSession
-
-    decoder, _ = roundtrip_decoder(path, spec)
-    return EagerSession(decoder, max_seq_len, runtime=ROUNDTRIP_RUNTIME)
-
-
 class WrapperSession(Session):
     """The torch module that is converted (CoreMLDecoder: fp16 state buffers, positions read
     from the mask's shape, slice-updated cache), run eagerly on the inputs Core ML receives.
@@ -359,7 +357,7 @@ class WrapperSession(Session):
         return logits[0, -1].float().numpy()
 
 
-# --- macOS: the real Core ML runtime -----------------------------------------------------
+# --- sessions: the real Core ML runtime (macOS) and the evaluator (Linux) -------------------
 
 
 def causal_mask(seq_len: int, end: int) -> np.ndarray:
@@ -379,23 +377,14 @@ def compute_units_from_manifest(manifest: dict) -> str:
     return units or COMPUTE_UNITS.get(manifest.get("quant"), "cpuAndNeuralEngine")
 
 
-class CoreMLSession(Session):
-    """The stateful MLModel: make_state() per sequence, predict(inputIds, causalMask)."""
+class StatefulSession(Session):
+    """A stateful Core ML program driven as swift-transformers drives it: make_state() per
+    sequence, then predict({inputIds, causalMask}, state=...) per chunk of tokens. `model` is
+    the real MLModel (macOS) or mobilekit's evaluator of the same package (Linux)."""
 
-    runtime = COREML_RUNTIME
-
-    def __init__(self, path: Path, max_seq_len: int, compute_units: str = "cpuAndNeuralEngine"):
+    def __init__(self, model, max_seq_len: int, runtime: str):
         super().__init__(max_seq_len)
-        import coremltools as ct
-
-        units = {
-            "cpuOnly": ct.ComputeUnit.CPU_ONLY,
-            "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
-            "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE,
-            "all": ct.ComputeUnit.ALL,
-        }[compute_units]
-        self.model = ct.models.MLModel(str(path), compute_units=units)
-        self.state = None
+        self.model, self.runtime, self.state = model, runtime, None
 
     def reset(self) -> None:
         super().reset()
@@ -405,17 +394,48 @@ class CoreMLSession(Session):
         if self.position == 0 or self.state is None:
             self.reset()
         end = self.position + len(tokens)
-        inputs = {
-            "inputIds": np.asarray([tokens], dtype=np.int32),
-            "causalMask": causal_mask(len(tokens), end),
-        }
-        out = self.model.predict(inputs, state=self.state)
-        return np.asarray(out["logits"], dtype=np.float32)[0, -1]
+        inputs = {"inputIds": np.asarray([tokens], dtype=np.int32), "causalMask": causal_mask(len(tokens), end)}
+        logits = np.asarray(self.model.predict(inputs, state=self.state)["logits"], dtype=np.float32)[0, -1]
+        if not np.isfinite(logits).all():
+            raise ValidationFailed(
+                f"{self.runtime} produced non-finite logits (inf/NaN) at position {end - 1}: an fp16 overflow "
+                "inside the graph, or a broken graph (on Linux, the evaluator with precision='fp32' tells the two apart)"
+            )
+        return logits
+
+
+class CoreMLSession(StatefulSession):
+    """The real stateful MLModel (macOS)."""
+
+    def __init__(self, path: Path, max_seq_len: int, compute_units: str = "cpuAndNeuralEngine"):
+        import coremltools as ct
+
+        units = {
+            "cpuOnly": ct.ComputeUnit.CPU_ONLY,
+            "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
+            "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE,
+            "all": ct.ComputeUnit.ALL,
+        }[compute_units]
+        super().__init__(ct.models.MLModel(str(path), compute_units=units), max_seq_len, COREML_RUNTIME)
+
+
+class EvaluatorSession(StatefulSession):
+    """The package's MIL program through mobilekit's evaluator (mobilekit.runtime.mil_evaluator),
+    driven exactly as CoreMLSession drives the MLModel."""
+
+    def __init__(self, path: Path, max_seq_len: int, precision: str = "model"):
+        from mobilekit.runtime.mil_evaluator import load_evaluator
+
+        evaluator = load_evaluator(path, precision)
+        compute = evaluator.declared_precision if precision == "model" else precision
+        super().__init__(evaluator, max_seq_len, f"{EVALUATOR_RUNTIME}, {compute} compute")
+        self.evaluator = evaluator
 
 
 def coreml_generate(bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
-                    on_text: Callable[[str], None]) -> GenerationResult:
-    """Greedy generation through the real Core ML model (macOS only)."""
+                    on_text: Callable[[str], None], session: Session | None = None) -> GenerationResult:
+    """Greedy generation through `session`: by default the real Core ML model (macOS only);
+    on Linux the caller passes an EvaluatorSession."""
     from transformers import AutoTokenizer
 
     from mobilekit.targets.coreml import MODEL_FILE
@@ -425,7 +445,8 @@ def coreml_generate(bundle_dir: Path, manifest: dict, prompt: str, max_new_token
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     max_seq_len = int(manifest["max_seq_len"])
     stop = set(manifest.get("eos_ids") or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
-    session = CoreMLSession(bundle_dir / MODEL_FILE, max_seq_len, compute_units_from_manifest(manifest))
+    if session is None:
+        session = CoreMLSession(bundle_dir / MODEL_FILE, max_seq_len, compute_units_from_manifest(manifest))
     session.reset()
 
     t0 = time.perf_counter()
@@ -456,18 +477,19 @@ def coreml_generate(bundle_dir: Path, manifest: dict, prompt: str, max_new_token
         time_to_first_token_s=t_first - t0,
         prefill_tokens_per_s=len(prompt_ids) / max(t_first - t0, 1e-9),
         decode_tokens_per_s=decode_steps / max(t_end - t_first, 1e-9),
-        runtime=COREML_RUNTIME,
+        runtime=session.runtime,
     )
 
 
 __all__ = [
     "CoreMLSession",
+    "EvaluatorSession",
+    "StatefulSession",
     "causal_mask",
     "coreml_generate",
     "load_program",
     "map_weights",
     "roundtrip_decoder",
-    "roundtrip_session",
     "spec_from_manifest",
     "WrapperSession",
 ]

@@ -49,3 +49,32 @@ class EagerSession(Session):
         rope = select_rows(self.rope, slice(start, total))
         logits = self.decoder(ids, rope, attend, last_only=True, positions=positions)
         return logits[0].float().numpy()
+
+
+class DecoderReference:
+    """The mobilekit decoder with the slice of the transformers model API that
+    validate.compute_reference uses (`model(ids).logits`, `model.config.to_dict()`, greedy
+    `generate`): the parity reference for families transformers lacks, when no independent
+    one is available. It checks lowering and quantization (stage 2), not the port itself."""
+
+    def __init__(self, decoder: Decoder, config: dict, max_seq_len: int):
+        from types import SimpleNamespace
+
+        from mobilekit.modeling import EagerDecoder
+
+        self._eager = EagerDecoder(decoder)
+        self._session = EagerSession(decoder, max_seq_len)
+        self.config = SimpleNamespace(to_dict=lambda: dict(config))
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, **_ignored):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self._eager(input_ids))
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id=None, **_ignored) -> torch.Tensor:
+        """Greedy only, one unpadded prompt (what compute_reference asks for)."""
+        stops = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        prompt = input_ids[0].tolist()
+        tokens = self._session.greedy(prompt, max_new_tokens, stop_ids=stops)
+        return torch.tensor([prompt + tokens])

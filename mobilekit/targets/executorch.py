@@ -9,7 +9,6 @@ methods below, with names exactly as its C++ code looks them up.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from mobilekit.modeling.decoder import (
     PlainMLP,
     RMSNorm,
     Rotary,
+    gelu_tanh_elementwise,
     rotary_attention_factor,
     rotary_inv_freq,
 )
@@ -102,15 +102,6 @@ class MatmulRotary(nn.Module):
         return x * cos + torch.nn.functional.linear(x, self.rotate) * sin
 
 
-_GELU_TANH_C = math.sqrt(2.0 / math.pi)
-
-
-def gelu_tanh(x):
-    """gelu(approximate="tanh") from mul/add/tanh: XNNPACK lowers aten.gelu with
-    approximate="tanh" to its exact-erf GELU (executorch 1.5.1; 5e-4 off per element)."""
-    return 0.5 * x * (1.0 + torch.tanh(_GELU_TANH_C * (x + 0.044715 * (x * x * x))))
-
-
 def xnnpack_friendly(module: nn.Module, spec: DecoderSpec) -> None:
     """In place: swap the decoder's norms, rotaries and tanh-GELUs for forms XNNPACK
     delegates whole (and computes exactly)."""
@@ -123,7 +114,7 @@ def xnnpack_friendly(module: nn.Module, spec: DecoderSpec) -> None:
             setattr(module, name, MatmulRotary(spec.head_dim, spec.rotary_width))
         else:
             if isinstance(child, (GatedMLP, PlainMLP)) and spec.activation == "gelu_tanh":
-                child.act = gelu_tanh
+                child.act = gelu_tanh_elementwise
             xnnpack_friendly(child, spec)
 
 
@@ -192,8 +183,8 @@ class ExecuTorchDecoder(nn.Module):
                 self.rope_scales[kind] = scale
                 self.register_buffer(f"cos_scale_{kind}", torch.cat([torch.full((spec.rotary_width,), scale),
                                                                      torch.ones(pad)]), persistent=False)
-        shape = (1, max_seq_len, spec.num_kv_heads, spec.head_dim)
-        for i in range(spec.num_layers):
+        for i in range(spec.num_layers):  # per-layer kv heads (OpenELM): each buffer its own size
+            shape = (1, max_seq_len, spec.layer_kv_heads(i), spec.head_dim)
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
             self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
 
@@ -234,9 +225,12 @@ class ExecuTorchDecoder(nn.Module):
         # exp(-inf - -inf) (1.5.1's does; a finite minimum needs no guard).
         masks = {w: torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
                  for w, allowed in self._masks(start, seq_len).items()}
-        if "explicit" in self.plan:
-            groups = spec.num_heads // spec.num_kv_heads
-            grouped = {w: m.repeat(groups, 1) if groups > 1 else m for w, m in masks.items()}
+        # explicit attention takes the mask repeated once per query head of a kv head
+        grouped = {}
+        for i, how in enumerate(self.plan):
+            key = (spec.layer_window(i), spec.layer_heads(i) // spec.layer_kv_heads(i))
+            if how == "explicit" and key not in grouped:
+                grouped[key] = masks[key[0]].repeat(key[1], 1) if key[1] > 1 else masks[key[0]]
         scale = spec.attention_scale
 
         def attend(i, q, k, v):
@@ -245,7 +239,8 @@ class ExecuTorchDecoder(nn.Module):
             torch.ops.llama.update_cache(v, v_cache, start)
             how, window = self.plan[i], spec.layer_window(i)
             if how == "explicit":
-                return explicit_attention(q, k_cache, v_cache, grouped[window], scale, spec.attention_softcap)
+                groups = spec.layer_heads(i) // spec.layer_kv_heads(i)
+                return explicit_attention(q, k_cache, v_cache, grouped[window, groups], scale, spec.attention_softcap)
             if how == "custom_sdpa_masked":
                 out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, masks[window], 0, False, scale)
             else:
@@ -300,8 +295,11 @@ def _partitions_share_weights():
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
     def copy_sharing_weights(cls, edge_program, compile_specs):
+        # Views into a larger storage (a fused qkv or gate_up split by the family: Phi-3,
+        # OpenELM, open_lm) are still copied: shared, XNNPACK serialized their storage from its
+        # start, i.e. the neighbouring weight (fp32 exports of those families were garbage).
         shared = {id(t): t for values in (edge_program.state_dict, edge_program.constants)
-                  for t in values.values() if isinstance(t, torch.Tensor)}
+                  for t in values.values() if isinstance(t, torch.Tensor) and _owns_its_storage(t)}
         return copy.deepcopy(edge_program, shared)
 
     XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_weights)
@@ -309,6 +307,10 @@ def _partitions_share_weights():
         yield
     finally:
         del XnnpackBackend.copy_exported_program_for_preprocess  # the inherited one again
+
+
+def _owns_its_storage(t: torch.Tensor) -> bool:
+    return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 def constant_methods(request: ExportRequest) -> dict:
@@ -328,7 +330,8 @@ def constant_methods(request: ExportRequest) -> dict:
 
 def cache_notes(spec: DecoderSpec) -> dict:
     """What the manifest says about attention beyond plain causal: which layers mask a
-    sliding window over the (still full-length) cache, and which attend explicitly."""
+    sliding window over the (still full-length) cache, which attend explicitly, and each
+    layer's cache shape where layers differ in kv heads."""
     plan = attention_plan(spec)
     notes = {"attention": {kind: [i for i, how in enumerate(plan) if how == kind] for kind in dict.fromkeys(plan)}}
     windowed = [i for i in range(spec.num_layers) if spec.layer_window(i) is not None]
@@ -341,6 +344,11 @@ def cache_notes(spec: DecoderSpec) -> dict:
         }
     if spec.attention_softcap is not None:
         notes["attention_softcap"] = spec.attention_softcap
+    if not spec.uniform_kv_heads:
+        # OpenELM: one buffer per layer, each with that layer's kv heads (kv_heads is the largest)
+        notes["kv_heads_per_layer"] = [spec.layer_kv_heads(i) for i in range(spec.num_layers)]
+        notes["per_layer_shapes"] = "layer i's buffers are [1, max_seq_len, kv_heads_per_layer[i], head_dim]; " \
+                                    "shape_per_layer gives the largest"
     return notes
 
 

@@ -276,7 +276,8 @@ class OnnxDecoder(nn.Module):
 def _example_inputs(spec, dtype: torch.dtype):
     # T=2, P=3: neither is 0 or 1, so export does not specialize them.
     t, p = 2, 3
-    past = [torch.zeros(1, spec.num_kv_heads, p, spec.head_dim, dtype=dtype) for _ in range(2 * spec.num_layers)]
+    # one key and one value per layer, each with that layer's kv heads (OpenELM's differ)
+    past = [torch.zeros(1, spec.layer_kv_heads(i // 2), p, spec.head_dim, dtype=dtype) for i in range(2 * spec.num_layers)]
     return (
         torch.zeros(1, t, dtype=torch.long),
         torch.ones(1, p + t, dtype=torch.long),
@@ -660,10 +661,23 @@ def sliding_window_note(spec) -> dict | None:
     }
 
 
+def per_layer_kv_note(spec) -> dict:
+    """Where layers differ in kv heads (OpenELM): each layer's count, since each past/present
+    input has its own shape (kv_heads is the largest)."""
+    if spec.uniform_kv_heads:
+        return {}
+    return {
+        "kv_heads_per_layer": [spec.layer_kv_heads(i) for i in range(spec.num_layers)],
+        "per_layer_shapes": "past/present of layer i are [1, kv_heads_per_layer[i], sequence, head_dim]",
+    }
+
+
 def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
     n, kv, hd = spec.num_layers, spec.num_kv_heads, spec.head_dim
-    past = [{"name": name, "dtype": kv_dtype, "shape": [1, kv, PAST_SEQ, hd]} for name in past_names(n)]
-    present = [{"name": name, "dtype": kv_dtype, "shape": [1, kv, TOTAL_SEQ, hd]} for name in present_names(n)]
+    past = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), PAST_SEQ, hd]}
+            for j, name in enumerate(past_names(n))]
+    present = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), TOTAL_SEQ, hd]}
+               for j, name in enumerate(present_names(n))]
     return {
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": [1, SEQ]},
@@ -688,6 +702,7 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
             "max_seq_len": max_seq_len,
             "first_call_past_sequence_length": 0,
             "sliding_window": sliding_window_note(spec),
+            **per_layer_kv_note(spec),
         },
         "genai_config": GENAI_CONFIG,
     }

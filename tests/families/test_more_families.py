@@ -1,8 +1,14 @@
 """Every family on a tiny random config with all its quirks switched on (mobilekit.tiny.TINY_CONFIGS):
-stage 1 (decoder vs transformers eager, fp32) and stage 2 on every target at fp32 and int4."""
+stage 1 (decoder vs transformers eager, fp32) and stage 2 on every target at fp32 and int4.
+Families transformers lacks (MiniCPM, OpenELM, open_lm) use the independent eager references
+in tests/reference instead of transformers, in both stages."""
+
+import json
 
 import pytest
 import torch
+from coreml_evaluator_checks import check_coreml_stage2
+from reference import ReferenceLM, reference_for
 
 from mobilekit import checkpoint, families, pipeline, targets
 from mobilekit.errors import CheckpointError
@@ -24,21 +30,33 @@ def test_every_family_has_a_tiny_config():
     assert sorted(TINY_CONFIGS) == sorted(families.names())
 
 
+def independent_reference(name: str, folder) -> pipeline.ReferenceSource | None:
+    """tests/reference's eager model of `folder` for a family transformers lacks, else None
+    (the pipeline's default: transformers eager)."""
+    if families.get(name).hf_reference_class is not None:
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    return pipeline.ReferenceSource(f"independent eager reference tests/reference ({name}) fp32",
+                                    lambda _dtype: ReferenceLM(reference_for(folder, name), config))
+
+
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
 def family(request, tmp_path_factory):
     name = request.param
     folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), TINY_CONFIGS[name])
-    return name, folder, pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128), TINY_INT4_BUDGET)
+    context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128), TINY_INT4_BUDGET,
+                                    reference=independent_reference(name, folder))
+    return name, folder, context
 
 
 def test_decoder_matches_transformers(family):
-    name, folder, _ = family
+    name, folder, context = family
     ckpt = checkpoint.resolve(str(folder))
     assert ckpt.family.name == name
     ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(0))
     decoder = ckpt.build_decoder()
     ours = EagerDecoder(decoder)(ids)
-    torch.testing.assert_close(ours, ckpt.load_reference()(ids).logits, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(ours, context.reference_source.load(torch.float32)(ids).logits, atol=2e-5, rtol=1e-4)
     # the cached, token-by-token path (what every target does) agrees with the full forward
     session = EagerSession(decoder, 64)
     session.reset()
@@ -53,7 +71,10 @@ def test_every_target_within_budget(family, tmp_path, target, scheme):
     result = pipeline.export(context, pipeline.ExportOptions(target=target, scheme=scheme, output=tmp_path / "b"))
     validation = result.manifest["validation"]
     assert validation["passed"], validation["stage2"]["misses"]
+    assert "metrics" in validation["stage1"], "stage 1 ran against an independent reference"
     assert result.manifest["family"] == name
+    if target == "coreml":  # stage 2 through the MIL program evaluator on Linux; fp32 graph exactness
+        check_coreml_stage2(name, context, result, scheme)
 
 
 def test_qwen2_biases_and_refused_sliding_window():

@@ -92,6 +92,19 @@ EXPECTED_PARAMETERS = {
     "lamini-gpt-1.5b": 1.558e9,
     "phi-2": 2.780e9,
     "stablelm-zephyr-3b": 2.795e9,
+    # families transformers lacks: ARCHITECTURES.md §12-14 (tests/reference pins the same counts)
+    "openelm-270m": 271.5e6,
+    "openelm-270m-instruct": 271.5e6,
+    "openelm-450m": 457.2e6,
+    "openelm-450m-instruct": 457.2e6,
+    "openelm-1.1b": 1.080e9,
+    "openelm-1.1b-instruct": 1.080e9,
+    "openelm-3b": 3.037e9,
+    "openelm-3b-instruct": 3.037e9,
+    "minicpm-1b": 1.360e9,
+    "minicpm-2b": 2.725e9,
+    "dclm-1b": 1.440e9,
+    "dclm-7b": 6.890e9,
 }
 
 
@@ -244,3 +257,32 @@ def test_check_checkpoint_compares_only_the_pinned_hub_snapshot():
     for other in ({"kind": "local", "path": "/x"}, {"kind": "embedded", "file": "x.gguf"},
                   {**pinned, "revision": "main"}, {**pinned, "repo": "someone/fine-tune"}):
         recipes.check_checkpoint(recipe, SimpleNamespace(source=other, config=wrong))
+
+
+def test_recipes_beyond_transformers_pin_their_tokenizer_sources():
+    """OpenELM's repos ship no tokenizer: every openelm recipe names the Llama-2 tokenizer by
+    repo, pinned revision and sha256, with Llama-2's tokenizer_config (no chat template); DCLM
+    falls back to the GPT-NeoX-20B tokenizer of the pinned Pythia revision."""
+    llama2 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+    for recipe in recipes.all_recipes():
+        if recipe.family == "openelm":
+            table = recipe.tokenizer
+            assert re.fullmatch(r"[0-9a-f]{40}", table["revision"])
+            assert table["sha256"]["tokenizer.model"] == llama2
+            assert "tokenizer.model" in table["files"]
+            assert table["config"]["bos_token"] == "<s>" and "chat_template" not in table["config"]
+            assert recipe.config["bos_token_id"] == 1 and recipe.config["eos_token_id"] == 2
+        elif recipe.family == "open_lm":
+            assert recipe.tokenizer["repo"] == recipes.get("pythia-160m").repo
+            assert recipe.tokenizer["revision"] == recipes.get("pythia-160m").revision
+    assert recipes.get("openelm-270m").spec().layer_num_kv_heads == (3,) * 5 + (4,) * 7 + (5,) * 4
+
+
+def test_bad_tokenizer_tables_name_the_problem():
+    table = {"repo": "a/b", "revision": "abc", "files": ["tokenizer.model"]}
+    with pytest.raises(RecipeError, match=r"\[tokenizer\] lacks \['files'\]"):
+        recipes.from_dict("x", {**GOOD, "tokenizer": {"repo": "a/b", "revision": "abc"}})
+    with pytest.raises(RecipeError, match="sha256 names files not in files"):
+        recipes.from_dict("x", {**GOOD, "tokenizer": {**table, "sha256": {"tokenizer.json": "00"}}})
+    with pytest.raises(RecipeError, match="unknown keys \\['url'\\]"):
+        recipes.from_dict("x", {**GOOD, "tokenizer": {**table, "url": "x"}})
