@@ -9,10 +9,10 @@ DEMO_BUNDLE := out/smollm2-135m-executorch-int4
 .PHONY: install demo test test-fast clean
 
 # kotlinc (npm) + JUnit, Hamcrest, org.json (Debian .debs), pinned by sha256: for the
-# android-demo core tests that tests/apps runs
+# android-demo core tests that tests/apps runs (make test; make demo does not need them)
 JVM_TOOLCHAIN := android-demo/.toolchain/.complete
 
-install: $(VENV)/.installed $(JVM_TOOLCHAIN)
+install: $(VENV)/.installed
 
 $(JVM_TOOLCHAIN): android-demo/tests/fetch-jvm-toolchain.sh
 	android-demo/tests/fetch-jvm-toolchain.sh
@@ -30,10 +30,10 @@ demo: install
 	@test -d $(DEMO_BUNDLE) || HF_HUB_OFFLINE=1 $(BIN)/mobilekit export smollm2-135m --target executorch --quant int4 --output $(DEMO_BUNDLE)
 	HF_HUB_OFFLINE=1 $(BIN)/mobilekit generate $(DEMO_BUNDLE) "What is the capital of France?" --max-new-tokens 32
 
-test: install
+test: install $(JVM_TOOLCHAIN)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
-test-fast: install
+test-fast: install $(JVM_TOOLCHAIN)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:

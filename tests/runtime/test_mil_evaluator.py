@@ -5,13 +5,11 @@ hand (numpy loops and closed forms written here, not coremltools' own op code)."
 import inspect
 import math
 
+import coremltools as ct
 import numpy as np
 import pytest
-
-ct = pytest.importorskip("coremltools")
-
-from coremltools.converters.mil import Builder as mb  # noqa: E402
-from coremltools.converters.mil.mil import types  # noqa: E402
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
 
 from mobilekit.runtime import mil_evaluator as me  # noqa: E402
 from mobilekit.runtime.coreml import MASKED, causal_mask  # noqa: E402
