@@ -343,3 +343,196 @@ def goldens(out_dir, bundle_dirs, templates, no_embedded):
                             "eos_token": manifest.get("eos_token"), "provenance": f"bundle {name} (its tokenizer)"})
     for path in golden.write(out_dir, manifests, sources):
         click.echo(f"Wrote {path}")
+
+
+def _split_choices(allowed: list[str], what: str):
+    """A click callback for comma-separated lists (`--targets executorch,onnx`), checked."""
+
+    def parse(_ctx, _param, values):
+        if not values:
+            return None
+        chosen = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown:
+            raise click.BadParameter(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        return list(dict.fromkeys(chosen))
+
+    return parse
+
+
+def _tolerance_options(command):
+    from mobilekit.matrix import DEFAULT_TOLERANCES
+
+    for name, help_text in reversed([
+        ("size_growth", "Artefact size may grow by this fraction before --baseline calls it a regression."),
+        ("error_growth", "Stage-2 max |Δlogit| and perplexity increase may grow by this fraction (plus a small "
+                         "absolute floor)."),
+        ("top1_drop", "Stage-2 top-1 agreement may drop by this much (absolute)."),
+    ]):
+        command = click.option(f"--{name.replace('_', '-')}", name, type=click.FloatRange(min=0),
+                               default=DEFAULT_TOLERANCES[name], show_default=True, help=help_text)(command)
+    return command
+
+
+@main.group("matrix", invoke_without_command=True)
+@click.option("--recipes", "recipe_globs", default="*", show_default=True,
+              help="Recipe ids or globs, comma-separated (e.g. 'qwen2-*,smollm2-135m').")
+@click.option("--targets", "target_names", multiple=True, callback=_split_choices(targets.names(), "target"),
+              help="Targets, comma-separated (default: all).")
+@click.option("--quant", "schemes", multiple=True, callback=_split_choices(quantize.names(), "quant scheme"),
+              help="Schemes, comma-separated (default: every scheme each target offers).")
+@click.option("--checkpoint-mode", "mode", type=click.Choice(["tiny", "hub"]), default="tiny", show_default=True,
+              help="tiny: each recipe's architecture at a tiny size with random weights, built here (no network). "
+                   "hub: the recipes' pinned checkpoints.")
+@click.option("--shard", "shard_text", default="1/1", show_default=True,
+              help="Run shard I of N (a contiguous slice of the sorted cells); join shard reports with "
+                   "`mobilekit matrix merge`.")
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False), default=Path("out/matrix"),
+              show_default=True, help="Folder for report.json, report.html and the cells' logs (must not exist).")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A previous report.json: exit 4 if a cell regressed against it.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Recipes run side by side (each in its own process, sharing the CPU cores).")
+@click.option("--cell-timeout", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="Seconds before a cell's process is killed and the cell recorded as timed out.")
+@click.option("--keep-bundles", is_flag=True, help="Keep each cell's bundle under OUTPUT/work (hub bundles are GBs).")
+@click.option("--list", "list_only", is_flag=True, help="Print the cells (of this shard) and exit.")
+@click.option("--list-shards", "cells_per_shard", type=click.IntRange(min=1), default=None,
+              help="Print, as a JSON list, the --shard values that split the selection into shards of at most "
+                   "this many cells (a CI job matrix), and exit.")
+@_tolerance_options
+@click.pass_context
+def matrix(ctx, recipe_globs, target_names, schemes, mode, shard_text, output, baseline, jobs, cell_timeout,
+           keep_bundles, list_only, cells_per_shard, **tolerances):
+    """Export and validate every RECIPE x TARGET x QUANT cell, each isolated, into report.json + report.html.
+
+    Exit status: 0 when every cell passed (with --baseline: when nothing regressed), 1 when a cell
+    did not pass and no --baseline was given, 4 when a cell regressed against --baseline.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import time as clock
+
+    from mobilekit import matrix as mx
+
+    index, count = mx.parse_shard(shard_text)
+    everything = mx.select_cells(recipe_globs, target_names, schemes)
+    if cells_per_shard:
+        click.echo(json.dumps(mx.shard_labels(mx.shard_count(len(everything), cells_per_shard))))
+        return
+    cells = mx.shard(everything, index, count)
+    if list_only:
+        for cell in cells:
+            click.echo(cell.id)
+        return
+    base = mx.read_report(baseline) if baseline else None  # a bad baseline fails before any work
+    if output.exists() and any(output.iterdir()):
+        raise mx.MatrixError(f"{output} already exists and is not empty; remove it or pass another --output")
+    selection = {"recipes": recipe_globs, "targets": target_names or targets.names(),
+                 "quant": schemes or quantize.names(), "shards": [shard_text]}
+    started = clock.perf_counter()
+    with _matrix_progress(len(cells), mode) as on_event:
+        records = mx.run(cells, mode, output, jobs=jobs, cell_timeout=cell_timeout, keep_bundles=keep_bundles,
+                         on_event=on_event)
+    report = mx.build_report(records, mode, selection, clock.perf_counter() - started)
+    _finish_matrix(report, output, base, str(baseline) if baseline else None, tolerances)
+
+
+@matrix.command("merge")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the merged report.json and report.html.")
+@click.option("--baseline", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A previous report.json: exit 4 if a cell regressed against it.")
+@_tolerance_options
+def matrix_merge(reports, output, baseline, **tolerances):
+    """Join shard REPORTS (report.json of each `mobilekit matrix --shard I/N`) into one.
+
+    Exits as `mobilekit matrix` does, and 1 when a shard of the N is missing (the merged report
+    is written anyway).
+    """
+    from mobilekit import matrix as mx
+
+    shards = {str(path): mx.read_report(path) for path in reports}
+    base = mx.read_report(baseline) if baseline else None
+    merged, missing = mx.merge(shards)
+    if missing:
+        click.secho(f"Error: shard(s) {', '.join(missing)} missing: their cells are not in the report", fg="red",
+                    err=True)
+    _finish_matrix(merged, output, base, str(baseline) if baseline else None, tolerances,
+                   failed_already=bool(missing))
+
+
+@contextmanager
+def _matrix_progress(total: int, mode: str):
+    """A progress bar over the cells with a line per finished cell; without a terminal the
+    lines alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _console()
+    running: set[str] = set()
+    colours = {"passed": "green", "failed": "yellow"}
+
+    def line(cell, record):
+        colour = colours.get(record["status"], "red")
+        why = ""
+        if record["error"]:
+            why = f": {record['error']['message'].splitlines()[0][:160] if record['error']['message'] else ''}"
+        elif record["status"] == "failed":
+            why = ": " + "; ".join(record["validation"]["stage1"].get("misses", []) +
+                                   record["validation"]["stage2"]["misses"])[:160]
+        return f"[{colour}]{record['status']:>7}[/{colour}] {cell.id} ({record['seconds']:.1f} s){why}"
+
+    if not console.is_terminal:
+        def on_event(kind, cell, record):
+            if kind == "end":
+                console.log(line(cell, record), highlight=False)
+
+        yield on_event
+        return
+    with Progress(TextColumn(f"matrix ({mode})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console) as progress:
+        task = progress.add_task("", total=total)
+
+        def on_event(kind, cell, record):
+            (running.add if kind == "start" else running.discard)(cell.id)
+            if kind == "end":
+                progress.console.log(line(cell, record), highlight=False)
+                progress.advance(task)
+            progress.update(task, description=", ".join(sorted(running)))
+
+        yield on_event
+
+
+def _finish_matrix(report: dict, output: Path, baseline: dict | None, baseline_path: str | None, tolerances: dict,
+                   failed_already: bool = False) -> None:
+    from mobilekit import matrix as mx
+
+    if baseline is not None:
+        report["baseline"] = mx.compare(report, baseline, baseline_path, tolerances)
+    json_path, html_path = mx.write_report(report, output)
+    summary = report["summary"]
+    click.echo(f"{summary['passed']}/{summary['total']} cells passed ({', '.join(f'{summary[s]} {s}' for s in mx.STATUSES[1:] if summary[s]) or 'no failures'}) "
+               f"in {report['wall_seconds']:.0f} s")
+    click.echo(f"Wrote {json_path} and {html_path}")
+    if baseline is not None:
+        section = report["baseline"]
+        for regression in section["regressions"]:
+            click.secho(f"  regression {regression['cell']}: {regression['detail']}", fg="red", err=True)
+        if section["fixed"]:
+            click.echo(f"  fixed since the baseline: {', '.join(section['fixed'])}")
+        if section["missing"]:
+            click.echo(f"  baseline cells not in this report: {len(section['missing'])}")
+        if section["regressions"]:
+            click.secho(f"Error: {len(section['regressions'])} regression(s) against {baseline_path}", fg="red",
+                        err=True)
+            sys.exit(4)
+        if failed_already:
+            sys.exit(1)
+        return
+    if failed_already or summary["passed"] != summary["total"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m mobilekit.cli`, as the tests run it in a subprocess
+    main()
