@@ -31,10 +31,10 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/mobilekit generate $(DEMO_BUNDLE) "What is the capital of France?" --max-new-tokens 32
 
 test: install $(JVM_TOOLCHAIN)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup
 
 test-fast: install $(JVM_TOOLCHAIN)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow"
 
 clean:
 	rm -rf out .pytest_cache

@@ -18,7 +18,7 @@ TARGET_CHOICES = [*targets.names(), "all"]
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, log_path=False)
 
 
 @contextmanager

@@ -176,13 +176,14 @@ class _RecipeRun:
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in process.stdout] + [lines.put(None)], daemon=True).start()
         left = {c.id: c for c in cells}
-        running, started = None, 0.0
+        # the timeout runs from the worker's start (its setup) and from each cell's start
+        running, started = None, time.monotonic()
         timed_out = False
         while True:
             try:
                 line = lines.get(timeout=1.0)
             except queue.Empty:
-                if running is not None and time.monotonic() - started > self.cell_timeout:
+                if not timed_out and time.monotonic() - started > self.cell_timeout:
                     process.kill()
                     timed_out = True
                 continue
@@ -195,7 +196,7 @@ class _RecipeRun:
                 self.on_event("start", cell, None)
             else:
                 del left[cell.id]
-                running = None
+                running, started = None, time.monotonic()
                 self.on_event("end", cell, json.loads((self.output / "cells" / f"{cell.file_stem}.json").read_text()))
         returncode = process.wait()
         if not left:
@@ -204,8 +205,8 @@ class _RecipeRun:
         # Died outside any cell (while building the checkpoint): every remaining cell is.
         victims = [running] if running is not None else list(left.values())
         how = "timeout" if timed_out else "crashed"
+        seconds = time.monotonic() - started
         for cell in victims:
-            seconds = time.monotonic() - started if running is not None else 0.0
             record = self._lost_cell_record(cell, how, returncode, seconds)
             (self.output / "cells" / f"{cell.file_stem}.json").write_text(json.dumps(record, indent=1))
             del left[cell.id]
@@ -213,7 +214,7 @@ class _RecipeRun:
         return sorted(left.values())
 
     def _lost_cell_record(self, cell: Cell, how: str, returncode: int, seconds: float) -> dict:
-        reason = (f"killed after --cell-timeout {self.cell_timeout:g} s" if how == "timeout"
+        reason = (f"killed after --cell-timeout {self.cell_timeout:g} s without finishing" if how == "timeout"
                   else f"the worker process died ({_describe_exit(returncode)})")
         return cell_record(cell, recipes.get(cell.recipe).family, how, seconds=seconds,
                            error={"type": how, "message": reason, "traceback": self._log_of(cell)},

@@ -32,3 +32,20 @@ def export_every_scheme(tmp_path_factory):
         }
 
     return export
+
+
+# `make test` runs pytest-xdist with --dist loadgroup: tests are spread one by one over the
+# workers, except those sharing an expensive session- or module-scoped fixture, which stay in
+# one worker so it is built once: the real SmolLM2 exports (tests/e2e), the Kotlin build
+# (tests/apps) and the tiny matrix run (tests/unit/test_matrix.py).
+_XDIST_GROUPS = {"e2e": "smollm2", "apps": "kotlin", "test_matrix.py": "matrix"}
+
+
+def pytest_collection_modifyitems(items):
+    from pathlib import Path
+
+    for item in items:
+        path = Path(str(item.fspath))
+        group = _XDIST_GROUPS.get(path.parent.name) or _XDIST_GROUPS.get(path.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

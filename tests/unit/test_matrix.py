@@ -238,6 +238,16 @@ def test_hub_mode_without_the_checkpoint_records_errors(tmp_path):
     assert all("EleutherAI/pythia-160m" in c["error"]["message"] for c in report["cells"])
 
 
+def test_a_worker_past_the_timeout_is_killed_and_its_cells_recorded(tmp_path):
+    """A 1 s timeout kills the worker while it still builds the tiny checkpoint (imports alone
+    take longer): its cells are recorded as timed out, and the run completes."""
+    run = _mobilekit("matrix", "--recipes", "smollm2-135m", "--targets", "onnx", "--quant", "int4",
+                     "--cell-timeout", "1", "--output", str(tmp_path / "out"))
+    assert run.returncode == 1, run.stderr
+    (cell,) = json.loads((tmp_path / "out" / "report.json").read_text())["cells"]
+    assert cell["status"] == "timeout" and "--cell-timeout 1 s" in cell["error"]["message"]
+
+
 def test_list_prints_each_shards_cells():
     everything = _mobilekit("matrix", "--list", "--quant", "int4").stdout.split()
     assert len(everything) == len(recipes.names()) * len(targets.names())
