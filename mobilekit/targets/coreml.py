@@ -560,8 +560,11 @@ class CoreMLTarget(Target):
     # Core ML states are fp16 only, so the fp32 artefact caches keys and values in fp16 and its
     # logits are not fp32-exact: through the evaluator, SmolLM2-135M fp32 is off by max |Δ|
     # 0.016 (cos >= 0.999999, top-1 and greedy 100%), and by 5.7e-5 with the states widened
-    # to fp32 (the graph itself is exact). Only that bound moves; the rest of fp32's budget holds.
-    budget_adjustments = {"fp32": {"max_abs_logit_error": 0.05}}
+    # to fp32 (the graph itself is exact). The max |Δ| bound moves to 0.05; a logit error that
+    # large flips the top-1 of near-ties, so top-1 and greedy get fp16's gates (the tiny
+    # Gemma 3 1B of `mobilekit matrix` flipped 1 of 80 positions at max |Δ| 0.0017 and its
+    # greedy continuation after that). Cosine and perplexity keep fp32's bounds.
+    budget_adjustments = {"fp32": {"max_abs_logit_error": 0.05, "min_top1_agreement": 0.9, "min_greedy_match": None}}
     # Measured: int4 conversion of a 1.1B model (4.4 GB fp32) peaked at 11.65 GB RSS.
     export_memory_factor = 2.65
 
