@@ -41,7 +41,6 @@ from mobilekit.errors import MobilekitError
 
 SCHEMA_VERSION = 1
 STATUSES = ("passed", "failed", "error", "crashed", "timeout")
-MODES = ("tiny", "hub")
 # Converters and runtimes whose versions a report records (a nightly diff starts here).
 RUNTIME_PACKAGES = ("torch", "torchao", "executorch", "transformers", "tokenizers", "onnx", "onnxscript",
                     "onnxruntime", "onnxruntime-genai", "coremltools", "numpy")
@@ -135,6 +134,8 @@ def run(cells: list[Cell], mode: str, output: Path, jobs: int = 1, cell_timeout:
         # list() re-raises here whatever went wrong in a thread
         list(pool.map(lambda group: _RecipeRun(group, mode, output, threads, cell_timeout, keep_bundles,
                                                locked_event).run(), by_recipe.values()))
+    if not keep_bundles:
+        shutil.rmtree(output / "work", ignore_errors=True)  # each recipe's folder is gone already
     return [json.loads((output / "cells" / f"{c.file_stem}.json").read_text()) for c in sorted(cells)]
 
 
