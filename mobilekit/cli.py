@@ -469,18 +469,15 @@ def _matrix_progress(total: int, mode: str):
     lines alone."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mobilekit import matrix as mx
+
     console = _console()
     running: set[str] = set()
     colours = {"passed": "green", "failed": "yellow"}
 
     def line(cell, record):
         colour = colours.get(record["status"], "red")
-        why = ""
-        if record["error"]:
-            why = f": {record['error']['message'].splitlines()[0][:160] if record['error']['message'] else ''}"
-        elif record["status"] == "failed":
-            why = ": " + "; ".join(record["validation"]["stage1"].get("misses", []) +
-                                   record["validation"]["stage2"]["misses"])[:160]
+        why = "" if record["status"] == "passed" else f": {mx.failure_reason(record)[:160]}"
         return f"[{colour}]{record['status']:>7}[/{colour}] {cell.id} ({record['seconds']:.1f} s){why}"
 
     if not console.is_terminal:

@@ -382,11 +382,11 @@ def compare(report: dict, baseline: dict, baseline_path: str, tolerances: dict |
         old = before.get(cell["id"])
         if old is None:
             if cell["status"] != "passed":
-                regressions.append(_regression(cell, "new_cell_failing", f"new cell, {cell['status']}: {_why(cell)}",
+                regressions.append(_regression(cell, "new_cell_failing", f"new cell, {cell['status']}: {failure_reason(cell)}",
                                                None, cell["status"]))
             continue
         if old["status"] == "passed" and cell["status"] != "passed":
-            regressions.append(_regression(cell, "status", f"passed before, now {cell['status']}: {_why(cell)}",
+            regressions.append(_regression(cell, "status", f"passed before, now {cell['status']}: {failure_reason(cell)}",
                                            old["status"], cell["status"]))
         elif old["status"] != "passed" and cell["status"] == "passed":
             fixed.append(cell["id"])
@@ -425,11 +425,19 @@ def _stage2_metrics(cell: dict) -> dict | None:
     return ((cell.get("validation") or {}).get("stage2") or {}).get("metrics")
 
 
-def _why(cell: dict) -> str:
-    if cell["error"]:
-        return cell["error"]["message"].splitlines()[0] if cell["error"]["message"] else cell["error"]["type"]
-    misses = [m for stage in ("stage1", "stage2") for m in (cell["validation"] or {}).get(stage, {}).get("misses", [])]
-    return "; ".join(misses) or cell["status"]
+def failure_reason(cell: dict) -> str:
+    """One line saying why a cell did not pass (the CLI, regressions and report.html say it alike)."""
+    error = cell["error"]
+    if error:
+        first = error["message"].splitlines()[0] if error["message"] else ""
+        return f"{error['type']}: {first}" if first else error["type"]
+    return "; ".join(misses(cell)) or cell["status"]
+
+
+def misses(cell: dict) -> list[str]:
+    """Each budget a validated cell missed, prefixed with its stage."""
+    validation = cell["validation"] or {}
+    return [f"{name}: {m}" for name in ("stage1", "stage2") for m in (validation.get(name) or {}).get("misses", [])]
 
 
 def _regression(cell: dict, kind: str, detail: str, baseline, current) -> dict:

@@ -20,6 +20,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from mobilekit.matrix import failure_reason, misses
+
 STATUSES = ("passed", "failed", "error", "crashed", "timeout")
 # Text in SVG stays text (not glyph paths): a smaller page whose labels can be searched.
 # A fixed hash salt makes the SVG ids, and so the page, the same for the same report.
@@ -287,22 +289,8 @@ def _stage_error(stage) -> str:
 def _why_cell(index: int, cell: dict) -> str:
     if cell["status"] == "passed":
         return _td("")
-    short = _why(cell)
+    short = failure_reason(cell)
     return f'<td class="why"><a href="#fail-{index}">{escape(short)}</a></td>'
-
-
-def _why(cell: dict) -> str:
-    """One line saying why a cell did not pass."""
-    error = cell["error"]
-    if error:
-        first = error["message"].splitlines()[0] if error["message"] else ""
-        return f"{error['type']}: {first}" if first else error["type"]
-    return "; ".join(_misses(cell)) or cell["status"]
-
-
-def _misses(cell: dict) -> list[str]:
-    validation = cell["validation"] or {}
-    return [f"{name}: {m}" for name in ("stage1", "stage2") for m in (validation.get(name) or {}).get("misses", [])]
 
 
 # --- failures -----------------------------------------------------------------------------
@@ -318,10 +306,10 @@ def _failures(cells: list[dict]) -> str:
 
 def _failure(index: int, cell: dict) -> str:
     parts = [f'<details id="fail-{index}" class="status-{cell["status"]}">'
-             f'<summary><b>{escape(cell["id"])}</b>: {escape(cell["status"])}: {escape(_why(cell))}</summary>']
-    misses = _misses(cell)
-    if misses:
-        parts.append("<ul>" + "".join(f"<li>{escape(m)}</li>" for m in misses) + "</ul>")
+             f'<summary><b>{escape(cell["id"])}</b>: {escape(cell["status"])}: {escape(failure_reason(cell))}</summary>']
+    missed = misses(cell)
+    if missed:
+        parts.append("<ul>" + "".join(f"<li>{escape(m)}</li>" for m in missed) + "</ul>")
     if cell["error"]:
         parts.append(f'<pre class="traceback">{escape(cell["error"]["traceback"])}</pre>')
     if cell["log"]:
