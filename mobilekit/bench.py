@@ -11,18 +11,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 BENCH_PROMPT = "Write a long story about a dragon who learns to bake bread."
 
 
-def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int) -> list[dict]:
-    from mobilekit import bundle
+def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
+        on_note: Callable[[str], None] = lambda _m: None) -> list[dict]:
+    """Every bundle is checked (manifest, files, runtime installed, prompt within its
+    context) before any is measured; `new_tokens` beyond a bundle's context is clamped,
+    with a note. Bundles are only read."""
+    from mobilekit import bundle, chat, targets
 
-    rows = []
-    eager_source = None
+    planned = []
     for folder in bundle_dirs:
         manifest = bundle.read_manifest(folder)
-        row = _child(["bundle", str(folder), str(new_tokens)])
+        bundle.verify_files(folder, manifest, hashes=False)
+        targets.of_bundle(folder, manifest).check_available()
+        prompt_tokens = chat.prompt_token_count(folder, manifest, chat.format_prompt(manifest, BENCH_PROMPT))
+        tokens, note = chat.fit_to_context(manifest, prompt_tokens, new_tokens)
+        if note:
+            on_note(f"{folder.name}: {note}")
+        planned.append((folder, manifest, tokens))
+    rows = []
+    eager_source = None
+    for folder, manifest, tokens in planned:
+        row = _child(["bundle", str(folder), str(tokens)])
         row.update(name=folder.name, target=manifest["target"], quant=manifest["quant"],
                    size_mb=manifest["size_bytes"] / 1e6)
         rows.append(row)
@@ -41,10 +55,9 @@ def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int) -> list[d
 
 def _child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "mobilekit.bench", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        from mobilekit.errors import MobilekitError
-
-        raise MobilekitError(f"benchmark worker failed ({' '.join(args[:2])}):\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # the bundle was checked before: a failure here is mobilekit's
+        raise RuntimeError(f"benchmark worker failed ({' '.join(args[:2])}), exit {proc.returncode}:\n"
+                           f"{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -17,3 +17,40 @@ def format_prompt(manifest: dict, user_text: str) -> str:
         add_generation_prompt=True,
     )
     return rendered[0]
+
+
+def prompt_token_count(bundle_dir, manifest: dict, text: str) -> int:
+    """Tokens `text` takes in the bundle's context, counted with its tokenizer.json as the
+    runtimes count them (plus the BOS the manifest says apps add)."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from mobilekit.errors import BundleError
+
+    path = Path(bundle_dir) / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # a missing or damaged file of the bundle's
+        raise BundleError(f"{path} cannot be read ({type(e).__name__}); re-export the bundle") from e
+    return len(tokenizer.encode(text, add_special_tokens=False).ids) + int(bool(manifest.get("add_bos")))
+
+
+def fit_to_context(manifest: dict, prompt_tokens: int, max_new_tokens: int) -> tuple[int, str | None]:
+    """(new tokens to ask for, a note when that is fewer than asked): a prompt must leave
+    room for at least one new token in the bundle's context; more new tokens than the
+    context has left are clamped, not an error."""
+    from mobilekit.errors import PromptTooLong
+
+    context = int(manifest["max_seq_len"])
+    if prompt_tokens >= context:
+        raise PromptTooLong(
+            f"the prompt is {prompt_tokens} tokens, but the bundle's context is {context} tokens "
+            f"(max_seq_len in {manifest.get('recipe') or 'its'} mobilekit.json), with room needed for at least one "
+            f"new token: shorten the prompt to at most {context - 1} tokens, or re-export with a larger --max-seq-len"
+        )
+    room = context - prompt_tokens
+    if max_new_tokens > room:
+        return room, (f"--max-new-tokens {max_new_tokens} clamped to {room}: the prompt takes {prompt_tokens} of "
+                      f"the bundle's {context}-token context")
+    return max_new_tokens, None

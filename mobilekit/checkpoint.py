@@ -18,10 +18,8 @@ repos do not ship).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +33,7 @@ from torch import nn
 from mobilekit import families
 from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
 from mobilekit.memory import release_free_memory
+from mobilekit.files import cache_dir, sha256_file
 from mobilekit.modeling import Decoder, DecoderSpec
 
 EMBEDDED = "embedded"
@@ -71,18 +70,6 @@ GGUF_ARCHITECTURES = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MOBILEKIT_CACHE", Path.home() / ".cache" / "mobilekit"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint resolved to a local HF folder (config, weights, tokenizer)."""
@@ -95,21 +82,55 @@ class Checkpoint:
 
     @cached_property
     def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        return read_config(self.path)
 
     @cached_property
     def family(self) -> families.Family:
-        return families.for_architecture(self.config.get("architectures"), self.config.get("model_type"))
+        return family_of(self.config, self.path / "config.json")
 
     @cached_property
     def spec(self) -> DecoderSpec:
-        try:
-            return self.family.spec_from_config(self.config)
-        except KeyError as e:
-            raise CheckpointError(f"{self.path / 'config.json'} lacks the key {e}; is it a complete config?") from e
+        return spec_from_config(self.config, self.path / "config.json")
 
-    def load_state_dict(self) -> dict[str, torch.Tensor]:
-        return load_weights(self.path)
+    def check_weights(self) -> None:
+        """Every weight's name, shape and dtype against the decoder config.json implies, read
+        from the files' headers alone (no tensor data), before any heavy work. Raises one
+        CheckpointError listing every mismatch."""
+        spec = self.spec
+        with torch.device("meta"):
+            expected = {name: tuple(t.shape) for name, t in Decoder(spec).state_dict().items()}
+        if spec.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        problems, found = [], set()
+        for name, (file, dtype, shape) in weight_headers(self.path).items():
+            try:  # each checkpoint tensor alone, on the meta device: names and shapes, no data
+                converted = self.family.convert_weights({name: torch.empty(shape, dtype=dtype, device="meta")}, spec)
+            except (RuntimeError, ValueError, IndexError) as e:  # a fused tensor that does not split as the config says
+                problems.append(f"{name} in {file.name} has shape {list(shape)}, which does not fit the config ({e})")
+                continue
+            for target, tensor in converted.items():
+                if target not in expected:
+                    problems.append(f"{name} in {file.name} is not a weight of this architecture")
+                elif tuple(tensor.shape) != expected[target]:
+                    problems.append(f"{name} in {file.name} has shape {list(tensor.shape)}; config.json implies "
+                                    f"{list(expected[target])}")
+                elif not tensor.dtype.is_floating_point:
+                    problems.append(f"{name} in {file.name} is {str(tensor.dtype).removeprefix('torch.')}, "
+                                    "not floating point (a quantized checkpoint?)")
+                found.add(target)
+        missing = sorted(set(expected) - found)
+        if missing:
+            problems.append(f"missing {len(missing)} weight(s) (named as mobilekit's decoder names them): "
+                            f"{', '.join(missing[:8])}"
+                            + (" ..." if len(missing) > 8 else ""))
+        if problems:
+            shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+            raise CheckpointError(
+                f"the weights in {self.path} do not match its config.json ({len(problems)} problem(s)):\n  "
+                + "\n  ".join(shown)
+                + "\nThe weights and config.json come from different models, or a file is damaged: re-download "
+                "the checkpoint, or fix config.json."
+            )
 
     def build_decoder(self, dtype: torch.dtype = torch.float32,
                       prepare: Callable[[nn.Module], None] | None = None) -> Decoder:
@@ -199,7 +220,19 @@ class Checkpoint:
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, trust_remote_code=False)
+        folder = self.tokenizer_dir
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            _check_json_file(folder / name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except Exception as e:  # outside data: any failure to read it is the file's, not ours
+            raise CheckpointError(
+                f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
+                "re-download its tokenizer files, or pass --tokenizer FOLDER with a working tokenizer"
+            ) from e
+        if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
+            raise CheckpointError(f"{folder} holds no fast (tokenizer.json) tokenizer transformers can load; "
+                                  "add a tokenizer.json or pass --tokenizer FOLDER")
         if self.tokenizer_path is not None:
             self._check_foreign_tokenizer(tokenizer)
         return tokenizer
@@ -368,13 +401,205 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     if bins:
         state = {}
         for f in bins:
-            try:
-                # Never unpickle arbitrary objects from a checkpoint.
-                state.update(torch.load(f, map_location="cpu", weights_only=True))
-            except Exception as e:
-                raise CheckpointError(f"{f} could not be loaded as plain tensors ({e})") from e
+            state.update(load_pickled_weights(f))
         return state
-    raise CheckpointError(f"{folder} has no *.safetensors or pytorch_model*.bin weights")
+    raise CheckpointError(_no_weights_message(folder))
+
+
+def _no_weights_message(folder: Path) -> str:
+    return (f"{folder} has no weights: it needs model.safetensors (or *.safetensors shards) or "
+            "pytorch_model*.bin next to its config.json; download the weight files too")
+
+
+def load_pickled_weights(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A pytorch_model*.bin as plain tensors. `torch.load(weights_only=True)` refuses any
+    pickle that would build other objects (a pickle can run code when loaded): that refusal
+    is the checkpoint's fault and is reported as such. `mmap` maps the data instead of
+    reading it (for header checks)."""
+    import pickle
+
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not mmap or "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        why = _weights_only_reason(e)
+        if "global" not in why.lower():  # not a refused object: not a pickle of tensors at all
+            raise CheckpointError(f"{path} is not a readable PyTorch weights file ({why}); re-download it") from e
+        raise CheckpointError(
+            f"{path} was refused: it is a pickle that would build other objects than tensors ({why}), which can run "
+            "code. mobilekit never runs code from a checkpoint; convert the weights to safetensors with a tool you "
+            "trust, or use a checkpoint that ships *.safetensors"
+        ) from e
+    except Exception as e:  # not a torch file at all (random bytes, truncated zip, ...)
+        raise CheckpointError(f"{path} is not a readable PyTorch weights file ({type(e).__name__}: "
+                              f"{_first_line(e)}); re-download it") from e
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (names -> tensors); is it a model checkpoint?")
+    return state
+
+
+def _weights_only_reason(error: Exception) -> str:
+    """The reason in torch.load's weights_only refusal, without its preamble and links."""
+    skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for paragraph in str(error).split("\n\n"):
+        paragraph = paragraph.strip()
+        if paragraph and not paragraph.startswith(skip):
+            return paragraph.removeprefix("WeightsUnpickler error:").strip().splitlines()[0]
+    return _first_line(error)
+
+
+# safetensors dtype names -> torch dtypes (what a checkpoint header may name)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+# safetensors refuses headers above 100 MB; said here so the message can give both sizes.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} of a safetensors file, from its header alone. The
+    safetensors library checks the header (offsets, sizes, dtypes) against the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from e
+    claimed = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if claimed < 0 or claimed > min(size - 8, _MAX_SAFETENSORS_HEADER):
+        what = "is too short" if claimed < 0 else f"claims a {claimed}-byte header in a {size}-byte file"
+        raise CheckpointError(f"{path} is not a readable safetensors file: it {what} (truncated or not safetensors); "
+                              "re-download it")
+    header = {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                header[name] = (piece.get_dtype(), tuple(int(n) for n in piece.get_shape()))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); re-download it") from e
+    unknown = sorted({d for d, _ in header.values()} - set(_SAFETENSORS_DTYPES))
+    if unknown:
+        raise CheckpointError(f"{path} stores dtype(s) {', '.join(unknown)}, which mobilekit cannot load")
+    return {name: (_SAFETENSORS_DTYPES[d], shape) for name, (d, shape) in header.items()}
+
+
+def weight_headers(folder: Path) -> dict[str, tuple[Path, torch.dtype, tuple[int, ...]]]:
+    """{tensor name: (file, dtype, shape)} of every weight in a checkpoint folder, without
+    reading tensor data (safetensors headers; .bin files memory-mapped)."""
+    headers: dict = {}
+    files = sorted(folder.glob("*.safetensors"))
+    for f in files:
+        for name, (dtype, shape) in safetensors_header(f).items():
+            if name in headers:
+                raise CheckpointError(f"{name} is stored twice: in {headers[name][0].name} and {f.name}")
+            headers[name] = (f, dtype, shape)
+    if files:
+        return headers
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise CheckpointError(_no_weights_message(folder))
+    for f in bins:
+        for name, tensor in load_pickled_weights(f, mmap=True).items():
+            headers[name] = (f, tensor.dtype, tuple(tensor.shape))
+    return headers
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:300]
+
+
+def _check_json_file(path: Path) -> None:
+    """A JSON file of a checkpoint (config, tokenizer) that exists must parse: the message
+    names the file and the place, where the loader's own error would not."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{path} is not valid JSON{where}; re-download it or repair the file") from e
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from e
+
+
+def read_config(folder: Path) -> dict:
+    """A checkpoint's config.json as a dict, or a CheckpointError naming the file and fault."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a Hugging Face checkpoint folder: it has no config.json")
+    _check_json_file(path)
+    config = json.loads(path.read_bytes())
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of settings, not a {type(config).__name__}")
+    if config.get("quantization_config"):
+        method = config["quantization_config"]
+        method = method.get("quant_method", "?") if isinstance(method, dict) else method
+        raise CheckpointError(f"{path} describes a pre-quantized checkpoint (quantization_config: {method!r}); "
+                              "mobilekit quantizes itself and needs the original floating-point weights")
+    return config
+
+
+# Sizes a transformers-style config.json spells alike; each must be a positive whole number,
+# within bounds no real model comes near (so a typo cannot build a decoder of 10^12 weights).
+_CONFIG_SIZES = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 17, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+    "num_key_value_heads": 1024, "head_dim": 4096, "intermediate_size": 1 << 19, "max_position_embeddings": 1 << 24,
+    "n_embd": 1 << 17, "n_layer": 1024, "n_head": 1024, "n_positions": 1 << 24, "n_inner": 1 << 19,
+}
+
+
+def family_of(config: dict, where: Path | str) -> families.Family:
+    """The family claiming a config's `architectures` (or its model_type)."""
+    architectures = config.get("architectures")
+    if architectures is not None and not (
+            isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise CheckpointError(f"{where}: architectures must be a list of class names, e.g. [\"LlamaForCausalLM\"]; "
+                              f"got {architectures!r}")
+    model_type = config.get("model_type")
+    try:
+        return families.for_architecture(architectures, model_type if isinstance(model_type, str) else None)
+    except UnsupportedArchitectureError as e:
+        raise UnsupportedArchitectureError(f"{where}: {e}") from e
+
+
+def spec_from_config(config: dict, where: Path | str) -> DecoderSpec:
+    """The DecoderSpec a config.json describes, or a CheckpointError naming `where` and the
+    key at fault (sizes are checked before any family reads them)."""
+    problems = []
+    for key, bound in _CONFIG_SIZES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
+            problems.append(f"{key} = {value!r} (must be a whole number from 1 to {bound})")
+    if problems:
+        raise CheckpointError(f"{where} has invalid sizes: {'; '.join(problems)}. Fix config.json; it must describe "
+                              "the checkpoint's weights.")
+    family = family_of(config, where)
+    try:
+        return family.spec_from_config(config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from e
+    except KeyError as e:
+        raise CheckpointError(f"{where} lacks the key {e} that a {family.name} config needs; "
+                              "is it a complete config.json?") from e
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError, IndexError) as e:
+        # a value of the wrong kind somewhere (a string for a number, a list for a table ...)
+        raise CheckpointError(f"{where} has a value mobilekit cannot read as a {family.name} config "
+                              f"({type(e).__name__}: {_first_line(e)}); compare it with the model's published "
+                              "config.json") from e
 
 
 def resolve(source: str, with_code: bool = False) -> Checkpoint:
@@ -388,8 +613,7 @@ def resolve(source: str, with_code: bool = False) -> Checkpoint:
             raise CheckpointError(f"GGUF file {path} does not exist")
         return _from_gguf(path, kind="gguf")
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} is not a Hugging Face checkpoint folder: it has no config.json")
+        read_config(path)  # a folder without a readable config.json fails here, naming the file
         return Checkpoint(path=path.resolve(), source={"kind": "local", "path": str(path.resolve())})
     looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -408,12 +632,7 @@ def resolve_spec(source: str, stored_config: dict | None = None) -> DecoderSpec:
     and .gguf files are always read themselves."""
     path = Path(source).expanduser()
     if stored_config and path.suffix != ".gguf" and not path.is_dir():
-        config = dict(stored_config)
-        family = families.for_architecture(config.get("architectures"), config.get("model_type"))
-        try:
-            return family.spec_from_config(config)
-        except KeyError as e:
-            raise CheckpointError(f"the stored config of {source} lacks the key {e}; fix the recipe's [config]") from e
+        return spec_from_config(dict(stored_config), f"the recipe's stored [config] of {source}")
     if source == EMBEDDED or path.suffix == ".gguf" or path.is_dir():
         return resolve(source).spec
     repo, _, revision = source.partition("@")
@@ -426,8 +645,7 @@ def resolve_spec(source: str, stored_config: dict | None = None) -> DecoderSpec:
             f"could not fetch {source} from the Hugging Face hub ({type(e).__name__}). "
             "Download it elsewhere and pass --checkpoint PATH (a local folder or .gguf file)."
         ) from e
-    config = json.loads(Path(config_path).read_text())
-    return families.for_architecture(config.get("architectures"), config.get("model_type")).spec_from_config(config)
+    return spec_from_config(read_config(Path(config_path).parent), config_path)
 
 
 def embedded_gguf() -> Path:

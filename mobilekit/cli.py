@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import click
 
 from mobilekit import quantize, recipes, targets
-from mobilekit.errors import MobilekitError, ValidationFailed
+from mobilekit.errors import (EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_VALIDATION,
+                              MobilekitError, ValidationFailed)
 
 TARGET_CHOICES = [*targets.names(), "all"]
 
@@ -45,25 +48,127 @@ def _progress(description: str):
         yield update
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the same clean-up as for Ctrl-C runs."""
+
+
+def _raise_terminated(_signum, _frame):
+    raise Terminated()
+
+
 class MobilekitGroup(click.Group):
-    """Turns MobilekitError into a one-line message: exit 1, or 3 for a failed validation
-    (click itself exits 2 on usage errors)."""
+    """The one error boundary (README "Errors and exit codes"). A MobilekitError is the
+    user's input or environment at fault: its message, and its class's exit code (1, or 3 for
+    a failed validation; click exits 2 on usage errors). A full disk, missing memory or a
+    missing package are the environment too (exit 1). Ctrl-C exits 130 and SIGTERM 143, after
+    the clean-up that removes any half-written bundle. Anything else is a bug in mobilekit:
+    one line that says so, the traceback in a log file, exit 70. --debug (or
+    MOBILEKIT_DEBUG=1) prints the traceback as well."""
 
     def invoke(self, ctx):
+        debug = ctx.params.get("debug") or os.environ.get("MOBILEKIT_DEBUG", "") not in ("", "0")
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
-        except ValidationFailed as e:
-            click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(3)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise  # click's own: usage errors (exit 2), --help, --version
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            _show_traceback(debug)
+            click.secho(f"{'Terminated' if terminated else 'Interrupted'}: stopped before finishing; "
+                        "no bundle was written.", fg="yellow", err=True)
+            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except MobilekitError as e:
+            _show_traceback(debug)
             click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(1)
+            sys.exit(e.exit_code)
+        except Exception as e:
+            _show_traceback(debug)
+            message = _environment_problem(e)
+            if message is not None:
+                click.secho(f"Error: {message}", fg="red", err=True)
+                sys.exit(EXIT_INPUT)
+            log = _write_crash_log(e)
+            click.secho(f"Internal error: mobilekit hit a bug ({type(e).__name__}: {_first_line(e)}). This is not a "
+                        f"problem with your input. The traceback is in {log}; please report it with that file "
+                        "(--debug prints it).", fg="red", err=True)
+            sys.exit(EXIT_BUG)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _show_traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def _environment_problem(error: Exception) -> str | None:
+    """The message for an error of the machine rather than of mobilekit, or None."""
+    import errno
+
+    if isinstance(error, MemoryError):
+        return ("the machine ran out of memory. Close other programs, or use a machine with more memory (or a "
+                "smaller model or --max-seq-len); no bundle was written.")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"no space left on the device{where}. Free some disk space and run again; no bundle was written."
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
+        return f"cannot access {error.filename} ({error.strerror}); check its permissions or choose another path."
+    if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith("mobilekit"):
+        return (f"the Python package {error.name!r} is not installed or is broken: reinstall mobilekit with its "
+                "extras, e.g. pip install 'mobilekit[onnx,coreml]'.")
+    return None
+
+
+def _write_crash_log(error: Exception) -> Path:
+    """The traceback, command line and versions in a log file under the cache folder (or
+    the temporary folder where that cannot be written)."""
+    import platform
+    import tempfile
+    import time
+    import traceback
+
+    from mobilekit.files import cache_dir
+
+    text = (f"mobilekit {_own_version()} on Python {platform.python_version()}, {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(error)))
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    return Path("(no writable folder for the log)")
+
+
+def _own_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mobilekit")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 @click.group(cls=MobilekitGroup)
 @click.version_option(package_name="mobilekit")
-def main():
-    """Export small language models to ExecuTorch, ONNX and Core ML bundles for phone apps."""
+@click.option("--debug", is_flag=True, help="Print tracebacks (also MOBILEKIT_DEBUG=1).")
+def main(debug):
+    """Export small language models to ExecuTorch, ONNX and Core ML bundles for phone apps.
+
+    \b
+    Exit codes: 0 done, 1 input or environment problem (the message says how to fix it),
+    2 usage error, 3 validation failed, 4 matrix regression, 70 a bug in mobilekit (see the
+    log file named), 130 interrupted (Ctrl-C), 143 terminated.
+    """
 
 
 def support_markdown() -> str:
@@ -225,7 +330,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
     for name, error in failures:
         click.secho(f"Error ({name}): {error}", fg="red", err=True)
     if failures:
-        sys.exit(3 if all(isinstance(e, ValidationFailed) for _, e in failures) else 1)
+        sys.exit(EXIT_VALIDATION if all(isinstance(e, ValidationFailed) for _, e in failures) else EXIT_INPUT)
 
 
 def _print_validation(validation: dict) -> None:
@@ -268,31 +373,42 @@ def _print_validation(validation: dict) -> None:
 @click.option("--trust-remote-code", is_flag=True,
               help="For families transformers lacks (OpenELM, MiniCPM, DCLM): use the checkpoint's own modeling "
                    "code as the reference. It runs code from the checkpoint: only for checkpoints you trust.")
-def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code):
-    """Re-run validation of BUNDLE_DIR against its reference; exit 3 if a budget is missed."""
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the fresh validation record as JSON to this file (the bundle itself is never changed).")
+def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code, report_path):
+    """Re-run validation of BUNDLE_DIR against its reference (read-only); exit 3 if a budget is missed."""
     from mobilekit import pipeline
 
     with _progress("validate") as progress:
         validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source, tokenizer_source, trust_remote_code)
     _print_validation(validation)
+    if report_path is not None:
+        report_path.write_text(json.dumps(validation, indent=2) + "\n")
+        click.echo(f"Wrote {report_path}")
     if not validation["passed"]:
         click.secho("Error: validation failed", fg="red", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_VALIDATION)
 
 
 @main.command()
 @click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("prompt")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="At most this many new tokens (fewer where the bundle's context ends first).")
 @click.option("--chat/--no-chat", default=True, help="Wrap PROMPT in the bundle's chat template.")
 def generate(bundle_dir, prompt, max_new_tokens, chat):
-    """Stream a greedy reply to PROMPT from BUNDLE_DIR through the runtime apps use."""
+    """Stream a greedy reply to PROMPT from BUNDLE_DIR through the runtime apps use (read-only)."""
     from mobilekit import bundle, chat as chat_format
 
     manifest = bundle.read_manifest(bundle_dir)
-    target = targets.get(manifest["target"])
+    bundle.verify_files(bundle_dir, manifest, hashes=False)
+    target = targets.of_bundle(bundle_dir, manifest)
     target.check_available()
     text = chat_format.format_prompt(manifest, prompt) if chat else prompt
+    max_new_tokens, note = chat_format.fit_to_context(
+        manifest, chat_format.prompt_token_count(bundle_dir, manifest, text), max_new_tokens)
+    if note:
+        click.secho(f"Note: {note}", fg="yellow", err=True)
     result = target.generate(bundle_dir, manifest, text, max_new_tokens,
                              lambda piece: click.echo(piece, nl=False))
     click.echo()
@@ -307,13 +423,14 @@ def generate(bundle_dir, prompt, max_new_tokens, chat):
 @click.argument("bundle_dirs", nargs=-1, required=True,
                 type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--compare-eager", is_flag=True, help="Also run transformers eager fp32 (generate) in this run.")
-@click.option("--new-tokens", type=int, default=128, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench(bundle_dirs, compare_eager, new_tokens, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size, side by side."""
     from mobilekit import bench as bench_lib
 
-    rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens)
+    rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens,
+                         on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

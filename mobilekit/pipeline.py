@@ -194,6 +194,7 @@ def make_context(recipe: Recipe | None, checkpoint_source: str | None, max_seq_l
         recipes.check_checkpoint(recipe, checkpoint)  # the recipe's stored config is what info showed
     checkpoint.choose_tokenizer(tokenizer, recipe.tokenizer if recipe else None)
     spec = checkpoint.spec
+    checkpoint.check_weights()  # every mismatch at once, before any model is built
     if recipe is not None and checkpoint.family.name != recipe.family:
         raise ExportError(
             f"recipe {recipe.id} is for family {recipe.family}, but {checkpoint.path} is a "
@@ -220,8 +221,6 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     target.check_available()
     name = bundle.default_name(recipe.id if recipe else context.checkpoint.path.name, target.name, scheme)
     destination = Path(options.output) if options.output else Path("out") / name
-    if destination.exists():
-        raise BundleError(f"{destination} already exists; remove it or pass another --output")
 
     quantize_while_loading = quantize.layer_quantizer(target.name, scheme)
     fp32_bytes = context.checkpoint.spec.num_parameters * 4
@@ -233,10 +232,11 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
             "(quantized layer by layer as the weights load), or a machine with more memory."
         )
     tokenizer = context.tokenizer
-    stage1 = context.stage1(progress) if options.validate else None
-
-    started = time.perf_counter()
-    with bundle.staging(destination) as staging_dir:
+    bundle_bytes = context.checkpoint.spec.num_parameters * quantize.get(scheme).bits_per_weight / 8
+    expected_bytes = int(bundle_bytes * 1.05) + (16 << 20)  # and the tokenizer
+    with bundle.staging(destination, expected_bytes) as staging_dir:
+        stage1 = context.stage1(progress) if options.validate else None
+        started = time.perf_counter()
         progress("loading weights" + (f" and quantizing each layer ({scheme})" if quantize_while_loading else ""))
         request = targets.ExportRequest(
             decoder=context.checkpoint.build_decoder(prepare=quantize_while_loading),
@@ -348,11 +348,14 @@ def _version() -> str:
 
 def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoint_source: str | None = None,
                tokenizer: str | None = None, trust_remote_code: bool = False) -> dict:
-    """Re-run validation of an existing bundle against its checkpoint's reference."""
+    """Re-run validation of an existing bundle against its checkpoint's reference. The bundle
+    is only read: the fresh record is returned (the CLI can write it with --report)."""
     from mobilekit import recipes
 
     manifest = bundle.read_manifest(bundle_dir)
     bundle.verify_files(bundle_dir, manifest)
+    target = targets.of_bundle(bundle_dir, manifest)
+    target.check_available()
     recipe = recipes.get(manifest["recipe"]) if manifest.get("recipe") else None
     source = checkpoint_source or _source_of(manifest)
     if tokenizer is None and (manifest.get("tokenizer_source") or {}).get("kind") == "option":
@@ -361,13 +364,9 @@ def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoin
                            trust_remote_code=trust_remote_code)
     stage1 = context.stage1(progress)
     progress(f"stage 2: {manifest['target']} artefact vs reference")
-    target = targets.get(manifest["target"])
-    target.check_available()
     session = target.open_session(Path(bundle_dir), manifest)
     stage2 = _stage2(target, Path(bundle_dir), session, context, manifest["quant"])
-    validation = _validation_record(stage1, stage2, context.reference_name)
-    bundle.update_validation(bundle_dir, validation)
-    return validation
+    return _validation_record(stage1, stage2, context.reference_name)
 
 
 def _source_of(manifest: dict) -> str:

@@ -41,6 +41,9 @@ class Scheme:
     name: str
     description: str
     budget: Budget
+    # Average bits an artefact stores per model weight (8-bit embeddings and per-block
+    # scales included): what the pipeline's free-disk check expects a bundle to need.
+    bits_per_weight: float
 
 
 # Set from measurement with a margin; what was measured is in README "Validation budgets".
@@ -61,10 +64,11 @@ INT4_BUDGET = Budget(min_mean_cosine=0.8, min_top1_agreement=0.45, max_ppl_incre
 SCHEMES = {
     s.name: s
     for s in (
-        Scheme("fp32", "float32 weights and compute", FP32_BUDGET),
-        Scheme("fp16", "float16 weights and compute", FP16_BUDGET),
-        Scheme("int8", "8-bit per-channel weights", INT8_BUDGET),
-        Scheme("int4", "4-bit linear weights in blocks of 32 (embeddings: per target, see the README)", INT4_BUDGET),
+        Scheme("fp32", "float32 weights and compute", FP32_BUDGET, 32),
+        Scheme("fp16", "float16 weights and compute", FP16_BUDGET, 16),
+        Scheme("int8", "8-bit per-channel weights", INT8_BUDGET, 8.5),
+        Scheme("int4", "4-bit linear weights in blocks of 32 (embeddings: per target, see the README)", INT4_BUDGET,
+               5.5),
     )
 }
 

@@ -105,6 +105,11 @@ class DecoderSpec:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise CheckpointError(f"{name} must be a positive whole number, not {value!r}")
         self._check_layer_sizes()
         for i in range(self.num_layers):
             if self.layer_heads(i) % self.layer_kv_heads(i):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mobilekit.errors import SchemeNotSupported, UnknownNameError
+from mobilekit.errors import BundleError, SchemeNotSupported, UnknownNameError
 from mobilekit.modeling import Decoder
 
 TARGET_MODULES = ("coreml", "executorch", "onnx")
@@ -113,3 +113,13 @@ def get(name: str) -> Target:
     if name not in TARGET_MODULES:
         raise UnknownNameError("target", name, names())
     return importlib.import_module(f"mobilekit.targets.{name}").TARGET
+
+
+def of_bundle(folder: Path, manifest: dict) -> Target:
+    """The target that wrote a bundle, as its manifest names it."""
+    try:
+        return get(manifest["target"])
+    except UnknownNameError as e:
+        raise BundleError(f"{Path(folder) / 'mobilekit.json'} names target {manifest['target']!r}, which this "
+                          f"mobilekit does not have ({', '.join(names())}); re-export the bundle, or use the "
+                          "mobilekit that wrote it") from e
