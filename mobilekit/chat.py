@@ -11,11 +11,18 @@ def format_prompt(manifest: dict, user_text: str) -> str:
         return user_text
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(
-        conversations=[[{"role": "user", "content": user_text}]],
-        chat_template=template,
-        add_generation_prompt=True,
-    )
+    from mobilekit.errors import BundleError
+
+    try:
+        rendered, _ = render_jinja_template(
+            conversations=[[{"role": "user", "content": user_text}]],
+            chat_template=template,
+            add_generation_prompt=True,
+        )
+    except Exception as e:  # the template is the bundle's data: a broken one is the bundle's fault
+        raise BundleError(f"the chat_template in {manifest.get('recipe') or 'the bundle'}'s mobilekit.json cannot be "
+                          f"rendered ({type(e).__name__}: {str(e)[:200]}); pass --no-chat, or re-export the "
+                          "bundle") from e
     return rendered[0]
 
 

@@ -225,16 +225,22 @@ class Checkpoint:
             _check_json_file(folder / name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        except Exception as e:  # outside data: any failure to read it is the file's, not ours
+            if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
+                raise CheckpointError(f"{folder} holds no fast (tokenizer.json) tokenizer transformers can load; "
+                                      "add a tokenizer.json or pass --tokenizer FOLDER")
+            # what the pipeline asks of it later: fail here, naming the files, rather than there
+            tokenizer("a")
+            tokenizer.decode([0])
+            _ = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.get_added_vocab(), len(tokenizer)
+            if self.tokenizer_path is not None:
+                self._check_foreign_tokenizer(tokenizer)
+        except CheckpointError:
+            raise
+        except Exception as e:  # outside data: any failure to read or use it is the files', not ours
             raise CheckpointError(
                 f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
                 "re-download its tokenizer files, or pass --tokenizer FOLDER with a working tokenizer"
             ) from e
-        if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
-            raise CheckpointError(f"{folder} holds no fast (tokenizer.json) tokenizer transformers can load; "
-                                  "add a tokenizer.json or pass --tokenizer FOLDER")
-        if self.tokenizer_path is not None:
-            self._check_foreign_tokenizer(tokenizer)
         return tokenizer
 
     def _check_foreign_tokenizer(self, tokenizer) -> None:
@@ -286,7 +292,7 @@ def _no_tokenizer_message(folder: Path, family: families.Family, option: bool = 
 
 
 def _tokenizer_from_option(option: str) -> tuple[Path, dict]:
-    path = Path(option).expanduser()
+    path = _local_path(option, "--tokenizer")
     if path.is_dir():
         return path.resolve(), {"kind": "option", "option": str(path.resolve())}
     if option.count("/") != 1 or option.startswith((".", "/", "~")):
@@ -527,7 +533,7 @@ def _check_json_file(path: Path) -> None:
         return
     try:
         json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
         where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
         raise CheckpointError(f"{path} is not valid JSON{where}; re-download it or repair the file") from e
     except OSError as e:
@@ -602,12 +608,25 @@ def spec_from_config(config: dict, where: Path | str) -> DecoderSpec:
                               "config.json") from e
 
 
+def _local_path(text: str, what: str) -> Path:
+    """`text` as a local path (~ expanded), probed once so that a string no path can be (too
+    long, a NUL byte, an unknown ~user) is reported as the input at fault."""
+    try:
+        path = Path(text).expanduser()
+        path.exists()
+    except (RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{what} {text[:200]!r} is not a usable path ({getattr(e, 'strerror', None) or e}); "
+                              "pass an existing folder, a .gguf file, 'embedded', or a hub id owner/name[@revision]"
+                              ) from e
+    return path
+
+
 def resolve(source: str, with_code: bool = False) -> Checkpoint:
     """Turn a checkpoint source string into a local Checkpoint (see module docstring).
     `with_code`: also download a hub checkpoint's *.py (for --trust-remote-code only)."""
     if source == EMBEDDED:
         return _from_gguf(embedded_gguf(), kind=EMBEDDED, repo=EMBEDDED_REPO)
-    path = Path(source).expanduser()
+    path = _local_path(source, "checkpoint")
     if path.suffix == ".gguf":
         if not path.is_file():
             raise CheckpointError(f"GGUF file {path} does not exist")
@@ -630,7 +649,7 @@ def resolve_spec(source: str, stored_config: dict | None = None) -> DecoderSpec:
     `stored_config` is a recipe's copy of that config.json (its [config] table): given it,
     a hub id or the embedded model resolves offline, without any download. Local folders
     and .gguf files are always read themselves."""
-    path = Path(source).expanduser()
+    path = _local_path(source, "checkpoint")
     if stored_config and path.suffix != ".gguf" and not path.is_dir():
         return spec_from_config(dict(stored_config), f"the recipe's stored [config] of {source}")
     if source == EMBEDDED or path.suffix == ".gguf" or path.is_dir():
@@ -661,15 +680,84 @@ def embedded_gguf() -> Path:
     return path
 
 
-def gguf_architecture(path: Path) -> str:
-    from gguf import GGUFReader
+# GGUF metadata value types: struct format of the scalars; 8 = string, 9 = array
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The key/value header of a GGUF file (arrays read as their length only), every count
+    and length checked against the file's size first: the gguf package's reader trusts
+    them, and a header claiming a 2^40-entry array makes it run for ever (found by fuzzing).
+    Transformers' GGUF loader reads a file only after this has accepted its header."""
+    import mmap
+    import struct
+
+    def fail(why: str):
+        raise CheckpointError(f"{path} is not a readable GGUF file ({why}); re-download it")
 
     try:
-        reader = GGUFReader(path)
-        field_ = reader.fields["general.architecture"]
-        return bytes(field_.parts[field_.data[0]]).decode()
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable GGUF file ({e})") from e
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            size, at = len(data), 0
+
+            def take(fmt: str):
+                nonlocal at
+                width = struct.calcsize("<" + fmt)
+                if at + width > size:
+                    fail(f"the header runs past the end of the {size}-byte file")
+                value = struct.unpack_from("<" + fmt, data, at)[0]
+                at += width
+                return value
+
+            def string() -> str:
+                nonlocal at
+                length = take("Q")
+                if length > size - at:
+                    fail(f"a string claims {length} bytes at offset {at}, past the end of the file")
+                at += length
+                return bytes(data[at - length:at]).decode("utf-8", "replace")
+
+            def value(kind: int, depth: int = 0):
+                nonlocal at
+                if kind in _GGUF_SCALARS:
+                    return take(_GGUF_SCALARS[kind])
+                if kind == _GGUF_STRING:
+                    return string()
+                if kind == _GGUF_ARRAY and depth < 2:
+                    item, count = take("I"), take("Q")
+                    if item in _GGUF_SCALARS:  # skipped whole, after a bounds check
+                        width = struct.calcsize("<" + _GGUF_SCALARS[item])
+                        if count * width > size - at:
+                            fail(f"an array claims {count} entries at offset {at}, past the end of the file")
+                        at += count * width
+                    else:
+                        if count > (size - at) // 8:  # every string or array entry takes 8 bytes at least
+                            fail(f"an array claims {count} entries at offset {at}, past the end of the file")
+                        for _ in range(count):
+                            value(item, depth + 1)
+                    return count
+                fail(f"unknown value type {kind} at offset {at}")
+
+            if bytes(data[:4]) != b"GGUF":
+                fail("it does not start with the GGUF magic")
+            at = 4
+            version, tensors, entries = take("I"), take("Q"), take("Q")
+            if version not in (2, 3):
+                fail(f"GGUF version {version}; mobilekit reads versions 2 and 3")
+            if entries > size // 12 or tensors > size // 24:
+                fail(f"its header claims {entries} metadata entries and {tensors} tensors in {size} bytes")
+            return {string(): value(take("I")) for _ in range(entries)}
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from e
+    except ValueError as e:  # mmap of an empty file
+        fail(str(e))
+
+
+def gguf_architecture(path: Path) -> str:
+    architecture = gguf_metadata(path).get("general.architecture")
+    if not isinstance(architecture, str):
+        raise CheckpointError(f"{path} is not a readable GGUF file (no general.architecture); re-download it")
+    return architecture
 
 
 def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
@@ -682,6 +770,16 @@ def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
     folder = cache_dir() / "gguf" / digest
     if (folder / "config.json").is_file():
         return Checkpoint(path=folder, source=source)
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # a second export of the same GGUF waits for the first's cache
+        if not (folder / "config.json").is_file():
+            _cache_gguf(path, folder)
+    return Checkpoint(path=folder, source=source)
+
+
+def _cache_gguf(path: Path, folder: Path) -> None:
     arch = gguf_architecture(path)
     hf_arch = GGUF_ARCHITECTURES.get(arch)
     supported = families.supported_architectures()
@@ -691,7 +789,6 @@ def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
             f"Supported GGUF architectures: {', '.join(a for a, h in GGUF_ARCHITECTURES.items() if h in supported)}"
         )
     _dequantize_gguf(path, folder, hf_arch)
-    return Checkpoint(path=folder, source=source)
 
 
 def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
@@ -703,8 +800,12 @@ def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception as e:  # a damaged or unusual GGUF: the file is at fault, whatever transformers raised
+            raise CheckpointError(f"{path} could not be read as a {hf_architecture} GGUF ({type(e).__name__}: "
+                                  f"{_first_line(e)}); re-download it, or pass the Hugging Face folder instead") from e
         # A GGUF-loaded model refuses save_pretrained; write config and tensors ourselves.
         config = model.config.to_dict()
         config.pop("quantization_config", None)
@@ -719,7 +820,7 @@ def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
             model.generation_config.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-    except Exception:
+    except BaseException:  # Ctrl-C too: no half-written cache entry
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -126,6 +126,11 @@ class Recipe:
             return families.get(self.family).spec_from_config(dict(self.config))
         except KeyError as e:
             raise RecipeError(f"recipe {self.id}: [config] lacks the key {e} that family {self.family} reads") from e
+        except CheckpointError as e:
+            raise RecipeError(f"recipe {self.id}: [config]: {e}") from e
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError, IndexError) as e:
+            raise RecipeError(f"recipe {self.id}: [config] has a value family {self.family} cannot read "
+                              f"({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def check_config(recipe: Recipe, downloaded: Mapping) -> None:
@@ -189,7 +194,11 @@ def _recipe_dir():
 
 @cache
 def _load(recipe_id: str) -> Recipe:
-    text = (_recipe_dir() / f"{recipe_id}.toml").read_text()
+    return parse(recipe_id, (_recipe_dir() / f"{recipe_id}.toml").read_text(encoding="utf-8"))
+
+
+def parse(recipe_id: str, text: str) -> Recipe:
+    """A recipe from its TOML text, or a RecipeError naming the recipe and the fault."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -204,6 +213,7 @@ def from_dict(recipe_id: str, data: dict) -> Recipe:
     missing = {"name", "family", "repo", "revision", "license", "max_seq_len"} - set(data)
     if missing:
         raise RecipeError(f"recipe {recipe_id}: missing keys {sorted(missing)}")
+    _check_types(recipe_id, data)
     return Recipe(
         id=recipe_id,
         name=data["name"],
@@ -222,6 +232,52 @@ def from_dict(recipe_id: str, data: dict) -> Recipe:
         chat_template=data.get("chat_template", ""),
         tokenizer=MappingProxyType(dict(data.get("tokenizer", {}))),
     )
+
+
+# key -> (what it must be, check): TOML gives any type anywhere; each must be what Recipe reads.
+def _str_table(v) -> bool:
+    return isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values())
+
+
+_TYPES = {
+    **{k: ("a string", lambda v: isinstance(v, str)) for k in (
+        "name", "family", "repo", "revision", "license", "default_checkpoint", "notes", "special_ids",
+        "chat_template")},
+    "max_seq_len": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "default_quant": ("a table of target = scheme strings", _str_table),
+    "budgets": ("a table of [budgets.SCHEME] tables of metric = number", lambda v: isinstance(v, Mapping) and all(
+        isinstance(b, Mapping) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b.values())
+        for b in v.values())),
+    "stop_strings": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "config": ("a table", lambda v: isinstance(v, Mapping)),
+    "tokenizer": ("a table", lambda v: isinstance(v, Mapping)),
+}
+_TOKENIZER_TYPES = {
+    "repo": ("a string", lambda v: isinstance(v, str)), "revision": ("a string", lambda v: isinstance(v, str)),
+    "files": ("a list of file names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "sha256": ("a table of file = digest strings", _str_table), "config": ("a table", lambda v: isinstance(v, Mapping)),
+    "notes": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_types(recipe_id: str, data: Mapping) -> None:
+    for key, (what, ok) in _TYPES.items():
+        if key in data and not ok(data[key]):
+            raise RecipeError(f"recipe {recipe_id}: {key} must be {what}, not {data[key]!r:.80}")
+    for key, (what, ok) in _TOKENIZER_TYPES.items():
+        table = data.get("tokenizer", {})
+        if key in table and not ok(table[key]):
+            raise RecipeError(f"recipe {recipe_id}: [tokenizer] {key} must be {what}, not {table[key]!r:.80}")
+    config = data.get("config", {})
+    architectures, model_type = config.get("architectures"), config.get("model_type")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise RecipeError(f"recipe {recipe_id}: [config] architectures must be a list of class names")
+    if model_type is not None and not isinstance(model_type, str):
+        raise RecipeError(f"recipe {recipe_id}: [config] model_type must be a string")
+    nulls = config.get(NULL_KEYS, [])
+    if not (isinstance(nulls, list) and all(isinstance(k, str) for k in nulls)):
+        raise RecipeError(f"recipe {recipe_id}: [config] {NULL_KEYS} must be a list of key names")
 
 
 def _config_table(recipe_id: str, table: Mapping) -> dict:

@@ -75,7 +75,13 @@ def hf_config(config: Mapping) -> dict:
     from transformers import AutoConfig
 
     values = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
-    return AutoConfig.for_model(config["model_type"], **values).to_dict()
+    try:
+        return AutoConfig.for_model(config["model_type"], **values).to_dict()
+    except KeyError:
+        raise
+    except Exception as e:  # transformers' strict config dataclasses: a value of the wrong type
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:300]
+        raise CheckpointError(f"transformers' {config['model_type']!r} config refuses a value ({detail})") from e
 
 
 def core_shape(config: Mapping) -> dict:

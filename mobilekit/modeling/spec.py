@@ -6,7 +6,8 @@ a Hugging Face config itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from mobilekit.errors import CheckpointError
 
@@ -105,6 +106,7 @@ class DecoderSpec:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
+        self._check_field_types()
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "max_position_embeddings"):
             value = getattr(self, name)
@@ -142,6 +144,21 @@ class DecoderSpec:
             raise CheckpointError(
                 f"residual_scale ({self.residual_scale}) and logit_divisor ({self.logit_divisor}) must be positive"
             )
+
+    def _check_field_types(self):
+        """Each scalar field of the type it declares: a family passes some config.json values
+        through as they are, and a wrong kind must fail here, not deep inside an export."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            optional = kind.endswith("| None") and value is None
+            if ((kind.startswith("float") and not (number or optional))
+                    or (kind == "bool" and not isinstance(value, bool))
+                    or (kind == "int | None" and not (optional or (whole and value >= 0)))):
+                raise CheckpointError(f"{f.name} must be {kind.replace(' | None', ' or null')}, not {value!r}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise CheckpointError(f"sliding_window must be at least 1, not {self.sliding_window!r}")
 
     def _check_layer_sizes(self):
         pairs = (("layer_num_heads", "num_heads"), ("layer_num_kv_heads", "num_kv_heads"),
