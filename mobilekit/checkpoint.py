@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -685,10 +687,22 @@ _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
-def gguf_metadata(path: Path) -> dict:
-    """The key/value header of a GGUF file (arrays read as their length only), every count
-    and length checked against the file's size first: the gguf package's reader trusts
-    them, and a header claiming a 2^40-entry array makes it run for ever (found by fuzzing).
+@dataclass(frozen=True)
+class GGUFHeader:
+    metadata: dict  # key -> value (arrays as their length)
+    tensor_count: int
+    tensor_elements: int  # all tensors' entries: what the dequantized fp32 model takes / 4 bytes
+
+    @property
+    def architecture(self) -> str | None:
+        value = self.metadata.get("general.architecture")
+        return value if isinstance(value, str) else None
+
+
+def gguf_header(path: Path) -> GGUFHeader:
+    """The header of a GGUF file (metadata, tensor count and sizes), every count and length
+    checked against the file's size first: the gguf package's reader trusts them, and a
+    header claiming a 2^40-entry array makes it run for ever (found by fuzzing).
     Transformers' GGUF loader reads a file only after this has accepted its header."""
     import mmap
     import struct
@@ -746,18 +760,21 @@ def gguf_metadata(path: Path) -> dict:
                 fail(f"GGUF version {version}; mobilekit reads versions 2 and 3")
             if entries > size // 12 or tensors > size // 24:
                 fail(f"its header claims {entries} metadata entries and {tensors} tensors in {size} bytes")
-            return {string(): value(take("I")) for _ in range(entries)}
+            metadata = {string(): value(take("I")) for _ in range(entries)}
+            elements = 0
+            for _ in range(tensors):  # name, dims, type, offset
+                string()
+                dims = take("I")
+                if dims > 8:
+                    fail(f"a tensor claims {dims} dimensions")
+                shape = [take("Q") for _ in range(dims)]
+                take("I"), take("Q")
+                elements += math.prod(shape)
+            return GGUFHeader(metadata, tensors, elements)
     except OSError as e:
         raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from e
     except ValueError as e:  # mmap of an empty file
         fail(str(e))
-
-
-def gguf_architecture(path: Path) -> str:
-    architecture = gguf_metadata(path).get("general.architecture")
-    if not isinstance(architecture, str):
-        raise CheckpointError(f"{path} is not a readable GGUF file (no general.architecture); re-download it")
-    return architecture
 
 
 def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
@@ -780,7 +797,10 @@ def _from_gguf(path: Path, kind: str, repo: str | None = None) -> Checkpoint:
 
 
 def _cache_gguf(path: Path, folder: Path) -> None:
-    arch = gguf_architecture(path)
+    header = gguf_header(path)
+    arch = header.architecture
+    if arch is None:
+        raise CheckpointError(f"{path} is not a readable GGUF file (no general.architecture); re-download it")
     hf_arch = GGUF_ARCHITECTURES.get(arch)
     supported = families.supported_architectures()
     if hf_arch not in supported:
@@ -788,6 +808,17 @@ def _cache_gguf(path: Path, folder: Path) -> None:
             f"{path.name} is a GGUF of architecture {arch!r}, which mobilekit does not support. "
             f"Supported GGUF architectures: {', '.join(a for a, h in GGUF_ARCHITECTURES.items() if h in supported)}"
         )
+    # transformers fills what a GGUF's metadata lacks with its config class's defaults (a 7B
+    # Llama): without the sizes and the tensors, it would build that instead of failing
+    missing = [f"{arch}.{key}" for key in ("block_count", "embedding_length") if f"{arch}.{key}" not in header.metadata]
+    if missing or header.tensor_count == 0:
+        raise CheckpointError(f"{path} is not a complete GGUF model: "
+                              + (f"its metadata lacks {', '.join(missing)}" if missing else "it has no tensors")
+                              + "; re-download it")
+    fp32_bytes = header.tensor_elements * 4
+    if fp32_bytes > 0.45 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        raise CheckpointError(f"{path} dequantizes to {fp32_bytes / 1e9:.1f} GB at fp32, more than this machine can "
+                              "hold next to the export; pass the model's Hugging Face folder (safetensors) instead")
     _dequantize_gguf(path, folder, hf_arch)
 
 

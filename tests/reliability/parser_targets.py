@@ -282,7 +282,7 @@ def run_gguf(data: bytes, ws: Workspace) -> None:
 
     folder = ws.scratch("gguf")
     (folder / "model.gguf").write_bytes(data)
-    _swallow(checkpoint.gguf_architecture, folder / "model.gguf")
+    _swallow(checkpoint.gguf_header, folder / "model.gguf")
 
 
 def run_tokenizer(data: bytes, ws: Workspace) -> None:
@@ -413,7 +413,7 @@ TARGETS = {t.name: t for t in (
     Target("safetensors", run_safetensors, safetensors_seeds, "safetensors header (safetensors_header)"),
     Target("weights", run_weights, safetensors_seeds, "safetensors vs config.json (check_weights, build_decoder)"),
     Target("pickle", run_pickle, pickle_seeds, "pytorch_model.bin (load_pickled_weights, check_weights)"),
-    Target("gguf", run_gguf, gguf_seeds, "GGUF header (gguf_architecture)"),
+    Target("gguf", run_gguf, gguf_seeds, "GGUF header (gguf_header)"),
     Target("tokenizer", run_tokenizer, tokenizer_seeds, "tokenizer files (Checkpoint.load_tokenizer)"),
     Target("source", run_source, source_seeds, "--checkpoint / --tokenizer strings (resolve, choose_tokenizer)"),
 )}
@@ -446,7 +446,7 @@ def accepts(name: str, data: bytes, ws: Workspace) -> bool:
             checkpoint.Checkpoint(path=folder).check_weights()
         elif name == "gguf":
             (folder / "model.gguf").write_bytes(data)
-            return checkpoint.gguf_architecture(folder / "model.gguf") == "llama"
+            return checkpoint.gguf_header(folder / "model.gguf").architecture == "llama"
         elif name == "tokenizer":
             for n in TOKENIZER_FILES:
                 shutil.copy(ws.tokenizer_checkpoint / n, folder / n)

@@ -282,6 +282,34 @@ def test_pickle_with_code_is_refused_and_never_runs(good_checkpoint, sentinel, t
                  ["pytorch_model.bin", "was refused", "never runs code"], output, sentinel)
 
 
+def gguf_bytes(array_count: int | None = None) -> bytes:
+    """A GGUF header naming architecture llama; with `array_count`, an array entry whose
+    count claims far more entries than the file holds."""
+    import struct
+
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    entries = [string("general.architecture") + struct.pack("<I", 8) + string("llama")]
+    if array_count is not None:
+        entries.append(string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, array_count) + string("a"))
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, len(entries)) + b"".join(entries)
+
+
+@pytest.mark.parametrize("case_id, data, culprit", [
+    ("gguf-random-bytes", os.urandom(4096), "GGUF magic"),
+    ("gguf-array-claims-2-40-entries", gguf_bytes(1 << 40), "claims 1099511627776 entries"),
+    ("gguf-header-without-tensors", gguf_bytes(), "model.gguf"),
+])
+def test_broken_gguf(case_id, data, culprit, sentinel, tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(data)
+    output = tmp_path / "bundle"
+    result = mobilekit("export", "--checkpoint", str(path), "--target", "onnx", "--output", str(output),
+                       env={"MOBILEKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, ["model.gguf", culprit], output, sentinel)
+
+
 def test_the_good_checkpoint_exports_and_its_code_never_runs(good_bundle, sentinel):
     """The control: the same checkpoint, unbroken, exports (and its modeling_*.py never runs)."""
     assert (good_bundle / "model.onnx").is_file()
