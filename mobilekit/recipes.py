@@ -118,19 +118,14 @@ class Recipe:
 
     def spec(self):
         """The DecoderSpec of the pinned checkpoint, from the stored [config] (no network)."""
-        from mobilekit import families
+        from mobilekit.checkpoint import spec_from_config
 
         if not self.config:
             raise RecipeError(f"recipe {self.id} has no [config] table to build a spec from")
         try:
-            return families.get(self.family).spec_from_config(dict(self.config))
-        except KeyError as e:
-            raise RecipeError(f"recipe {self.id}: [config] lacks the key {e} that family {self.family} reads") from e
-        except CheckpointError as e:
-            raise RecipeError(f"recipe {self.id}: [config]: {e}") from e
-        except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError, IndexError) as e:
-            raise RecipeError(f"recipe {self.id}: [config] has a value family {self.family} cannot read "
-                              f"({type(e).__name__}: {str(e)[:200]})") from e
+            return spec_from_config(dict(self.config), f"recipe {self.id}'s [config]")
+        except CheckpointError as e:  # the recipe's copy of config.json is at fault
+            raise RecipeError(str(e)) from e
 
 
 def check_config(recipe: Recipe, downloaded: Mapping) -> None:

@@ -35,7 +35,11 @@ def test_manifest_round_trip_and_tamper_detection(tmp_path):
     (tmp_path / "model.pte").write_bytes(b"weights")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "w.bin").write_bytes(b"more")
-    written = bundle.write_manifest(tmp_path, {"target": "executorch", "max_seq_len": 64})
+    written = bundle.write_manifest(tmp_path, {
+        "target": "executorch", "quant": "fp32", "max_seq_len": 64, "vocab_size": 512, "checkpoint": {"kind": "local", "path": "/models/tiny"},
+        "model_files": ["model.pte"], "bos_id": 1, "eos_ids": [2], "add_bos": False, "export": {"seconds": 1.0},
+        "validation": {"performed": False, "passed": None},
+    })
     read = bundle.read_manifest(tmp_path)
     assert read == written
     assert set(read["files"]) == {"model.pte", "sub/w.bin"}
