@@ -118,8 +118,8 @@ def _environment_problem(error: Exception) -> str | None:
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {error.filename}" if error.filename else ""
         return f"no space left on the device{where}. Free some disk space and run again; no bundle was written."
-    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
-        return f"cannot access {error.filename} ({error.strerror}); check its permissions or choose another path."
+    if isinstance(error, OSError) and error.filename and error.strerror:  # the file system refused a path
+        return f"cannot use {error.filename} ({error.strerror}); check the path and its permissions, or choose another."
     if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith("mobilekit"):
         return (f"the Python package {error.name!r} is not installed or is broken: reinstall mobilekit with its "
                 "extras, e.g. pip install 'mobilekit[onnx,coreml]'.")
@@ -378,7 +378,10 @@ def _print_validation(validation: dict) -> None:
 def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code, report_path):
     """Re-run validation of BUNDLE_DIR against its reference (read-only); exit 3 if a budget is missed."""
     from mobilekit import pipeline
+    from mobilekit.errors import ResourceError
 
+    if report_path is not None and not report_path.parent.is_dir():  # before the work, not after it
+        raise ResourceError(f"--report {report_path}: the folder {report_path.parent} does not exist; create it first")
     with _progress("validate") as progress:
         validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source, tokenizer_source, trust_remote_code)
     _print_validation(validation)

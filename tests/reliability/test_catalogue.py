@@ -425,6 +425,13 @@ def test_broken_bundle(case_id, breaks, command, good_bundle, sentinel, tmp_path
     assert snapshot(folder) == before, f"{command} changed the bundle"
 
 
+def test_validate_report_into_a_missing_folder(good_bundle, good_checkpoint, sentinel, tmp_path):
+    report = tmp_path / "no" / "such" / "report.json"
+    result = mobilekit("validate", str(good_bundle), "--checkpoint", str(good_checkpoint), "--report", str(report))
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, [str(report.parent), "does not exist"], None,
+                 sentinel)
+
+
 def test_validate_a_damaged_bundle(good_bundle, sentinel, tmp_path):
     folder = copy_bundle(good_bundle, tmp_path)
     data = bytearray((folder / "model.onnx").read_bytes())
