@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mobilekit import interrupt
 from mobilekit.errors import BundleBusy, BundleError, ResourceError
 from mobilekit.files import sha256_file
 
@@ -63,6 +64,7 @@ def staging(destination: Path, expected_bytes: int = 0):
         tmp = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(destination)}{os.getpid()}-", dir=parent))
         try:
             yield tmp
+            interrupt.check()  # a Ctrl-C that some library swallowed must still leave no bundle
             try:
                 tmp.rename(destination)
             except OSError as e:  # something else created it meanwhile

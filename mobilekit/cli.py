@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mobilekit import quantize, recipes, targets
+from mobilekit import interrupt, quantize, recipes, targets
 from mobilekit.errors import (EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_VALIDATION,
                               MobilekitError, ValidationFailed)
 
@@ -48,14 +48,6 @@ def _progress(description: str):
         yield update
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so the same clean-up as for Ctrl-C runs."""
-
-
-def _raise_terminated(_signum, _frame):
-    raise Terminated()
-
-
 class MobilekitGroup(click.Group):
     """The one error boundary (README "Errors and exit codes"). A MobilekitError is the
     user's input or environment at fault: its message, and its class's exit code (1, or 3 for
@@ -63,27 +55,31 @@ class MobilekitGroup(click.Group):
     missing package are the environment too (exit 1). Ctrl-C exits 130 and SIGTERM 143, after
     the clean-up that removes any half-written bundle. Anything else is a bug in mobilekit:
     one line that says so, the traceback in a log file, exit 70. --debug (or
-    MOBILEKIT_DEBUG=1) prints the traceback as well."""
+    MOBILEKIT_DEBUG=1) prints the traceback as well. An interruption a library swallowed is
+    raised again (mobilekit.interrupt)."""
 
     def invoke(self, ctx):
         debug = ctx.params.get("debug") or os.environ.get("MOBILEKIT_DEBUG", "") not in ("", "0")
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            return super().invoke(ctx)
+            with interrupt.handlers():
+                result = super().invoke(ctx)
+                interrupt.check()  # asked for, but swallowed somewhere: still an interruption
+                return result
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise  # click's own: usage errors (exit 2), --help, --version
         except KeyboardInterrupt as e:
-            terminated = isinstance(e, Terminated)
             _show_traceback(debug)
-            click.secho(f"{'Terminated' if terminated else 'Interrupted'}: stopped before finishing; "
-                        "no bundle was written.", fg="yellow", err=True)
-            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+            _exit_interrupted(isinstance(e, interrupt.Terminated))
         except MobilekitError as e:
             _show_traceback(debug)
+            if interrupt.requested():  # a swallowed Ctrl-C that surfaced as another error
+                _exit_interrupted(interrupt.requested() == signal.SIGTERM)
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(e.exit_code)
         except Exception as e:
             _show_traceback(debug)
+            if interrupt.requested():
+                _exit_interrupted(interrupt.requested() == signal.SIGTERM)
             message = _environment_problem(e)
             if message is not None:
                 click.secho(f"Error: {message}", fg="red", err=True)
@@ -93,8 +89,12 @@ class MobilekitGroup(click.Group):
                         f"problem with your input. The traceback is in {log}; please report it with that file "
                         "(--debug prints it).", fg="red", err=True)
             sys.exit(EXIT_BUG)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_interrupted(terminated: bool):
+    click.secho(f"{'Terminated' if terminated else 'Interrupted'}: stopped before finishing; no bundle was written.",
+                fg="yellow", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _show_traceback(debug: bool) -> None:

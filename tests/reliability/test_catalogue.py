@@ -616,6 +616,27 @@ def test_interrupted_export_leaves_nothing(sig, code, word, good_checkpoint, sen
     assert len([line for line in stderr.splitlines() if word in line]) == 1
 
 
+def test_an_interrupt_a_library_swallows_still_stops_the_export(good_checkpoint, sentinel, tmp_path):
+    """A Ctrl-C that lands in code catching BaseException (as some loaders do) is raised
+    again before the bundle would be renamed into place."""
+    env = inject(tmp_path, """
+        import os, signal
+        import mobilekit.pipeline
+        original = mobilekit.pipeline.Context.stage1
+        def stage1(self, progress):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except BaseException:
+                pass  # swallowed, as a careless library would
+            return original(self, progress)
+        mobilekit.pipeline.Context.stage1 = stage1
+    """)
+    output = tmp_path / "bundle"
+    result = mobilekit(*export_args(good_checkpoint, output), env=env)
+    assert_clean(result.returncode, result.stdout, result.stderr, 130, ["Interrupted", "no bundle was written"], output,
+                 sentinel)
+
+
 def test_second_export_into_the_same_output_fails_at_once(good_checkpoint, sentinel, tmp_path):
     output = tmp_path / "bundle"
     first = start(*export_args(good_checkpoint, output))
