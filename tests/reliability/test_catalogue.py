@@ -361,6 +361,13 @@ def test_output_under_a_regular_file(good_checkpoint, sentinel, tmp_path):
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
+def test_output_folder_that_cannot_be_created(good_checkpoint, sentinel, tmp_path):
+    output = Path("/proc/mobilekit-cannot-write-here/bundle")
+    result = mobilekit(*export_args(good_checkpoint, output))
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, ["cannot create the folder /proc/"], output,
+                 sentinel)
+
+
 def test_output_that_exists(good_checkpoint, sentinel, tmp_path):
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "mine.txt").write_text("keep me")
@@ -408,6 +415,7 @@ BUNDLE_CASES = [
     ("manifest-target-missing", damage_manifest(lambda m: m.pop("target"))),
     ("manifest-unknown-target", damage_manifest(lambda m: m.update(target="tflite"))),
     ("manifest-context-a-string", damage_manifest(lambda m: m.update(max_seq_len="64"))),
+    ("chat-template-broken", damage_manifest(lambda m: m.update(chat_template="{% if %}"))),
     ("model-file-missing", lambda f: (f / "model.onnx").unlink() or "model.onnx is missing"),
     ("model-file-truncated", lambda f: f.joinpath("model.onnx").write_bytes(b"\x08\x01") and "model.onnx"),
 ]
