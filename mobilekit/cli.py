@@ -294,12 +294,16 @@ def _resolved_sizes(recipe) -> dict[str, str]:
 @click.option("--tokenizer", "tokenizer_source", default=None,
               help="Tokenizer folder or owner/name[@revision], overriding the checkpoint's and the recipe's "
                    "(OpenELM checkpoints ship none).")
+@click.option("--max-size", default=None, metavar="SIZE",
+              help="With --quant auto: the best quality within this size, e.g. 110MB.")
+@click.option("--max-ppl-increase", type=float, default=None, metavar="PERCENT",
+              help="With --quant auto: the smallest bundle whose perplexity rises at most this much, e.g. 5.")
 @click.option("--validate/--no-validate", default=True, help="Check the artefact against the reference.")
 @click.option("--keep-failed", is_flag=True, help="Write the bundle even if validation misses a budget.")
-def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, validate,
-           keep_failed):
+def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, max_size,
+           max_ppl_increase, validate, keep_failed):
     """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
-    from mobilekit import pipeline
+    from mobilekit import pipeline, precision
 
     recipe = recipes.get(recipe_id) if recipe_id else None
     if recipe is None and checkpoint_source is None:
@@ -308,6 +312,16 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
     if quant is not None:  # fail before any work if a target does not offer the scheme
         for name in names:
             targets.get(name).check_scheme(quant)
+    goal = None
+    if max_size is not None or max_ppl_increase is not None:
+        if quant not in quantize.GOAL_SCHEMES:
+            raise click.UsageError("--max-size and --max-ppl-increase choose --quant auto's precision; add --quant auto")
+        if max_ppl_increase is not None and not (0 < max_ppl_increase < 1000):
+            raise click.UsageError(f"--max-ppl-increase {max_ppl_increase:g} must be a percentage above 0, e.g. 5")
+        goal = precision.Goal(precision.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
+    elif quant in quantize.GOAL_SCHEMES:
+        raise click.UsageError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase "
+                               "PERCENT (e.g. 5)")
     with _progress("export") as progress:
         context = pipeline.make_context(recipe, checkpoint_source, max_seq_len, tokenizer=tokenizer_source)
         results, failures = [], []
@@ -315,7 +329,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
             out = (output / name) if (output and target_name == "all") else output
             options = pipeline.ExportOptions(
                 target=name, scheme=quant, max_seq_len=max_seq_len, checkpoint=checkpoint_source,
-                output=out, validate=validate, keep_failed=keep_failed,
+                output=out, validate=validate, keep_failed=keep_failed, goal=goal,
             )
             try:
                 results.append(pipeline.export(context, options, progress))
@@ -499,7 +513,7 @@ def _tolerance_options(command):
               help="Recipe ids or globs, comma-separated (e.g. 'qwen2-*,smollm2-135m').")
 @click.option("--targets", "target_names", multiple=True, callback=_split_choices(targets.names(), "target"),
               help="Targets, comma-separated (default: all).")
-@click.option("--quant", "schemes", multiple=True, callback=_split_choices(quantize.names(), "quant scheme"),
+@click.option("--quant", "schemes", multiple=True, callback=_split_choices(quantize.fixed_names(), "quant scheme"),
               help="Schemes, comma-separated (default: every scheme each target offers).")
 @click.option("--checkpoint-mode", "mode", type=click.Choice(["tiny", "hub"]), default="tiny", show_default=True,
               help="tiny: each recipe's architecture at a tiny size with random weights, built here (no network). "
@@ -549,7 +563,7 @@ def matrix(ctx, recipe_globs, target_names, schemes, mode, shard_text, output, b
     if output.exists() and any(output.iterdir()):
         raise mx.MatrixError(f"{output} already exists and is not empty; remove it or pass another --output")
     selection = {"recipes": recipe_globs, "targets": target_names or targets.names(),
-                 "quant": schemes or quantize.names(), "shards": [shard_text]}
+                 "quant": schemes or quantize.fixed_names(), "shards": [shard_text]}
     started = clock.perf_counter()
     with _matrix_progress(len(cells), mode) as on_event:
         records = mx.run(cells, mode, output, jobs=jobs, cell_timeout=cell_timeout, keep_bundles=keep_bundles,

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from mobilekit import bundle, quantize, recipes, targets, validate
+from mobilekit import bundle, precision, quantize, recipes, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.recipes import Recipe
@@ -38,6 +38,7 @@ class ExportOptions:
     output: Path | None = None  # None = out/<recipe>-<target>-<scheme>
     validate: bool = True
     keep_failed: bool = False  # write the bundle even if validation misses a budget
+    goal: "precision.Goal | None" = None  # --quant auto's --max-size / --max-ppl-increase
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Context:
             progress("stage 1: mobilekit decoder vs reference")
             dtype = self.reference_dtype
             session = EagerSession(self.checkpoint.build_decoder(dtype), self.max_seq_len)
-            metrics = validate.measure(session, reference)
+            metrics = validate.measure(session, reference, continuations=False)
             budget = quantize.FP32_BUDGET if dtype == torch.float32 else quantize.BF16_REFERENCE_BUDGET
             self._stage1 = validate.stage_record(metrics, budget, session.runtime)
             del session
@@ -219,15 +220,21 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     quantize.get(scheme)
     target.check_scheme(scheme)
     target.check_available()
+    if (scheme in quantize.GOAL_SCHEMES) != (options.goal is not None):
+        raise ExportError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase PERCENT"
+                          if options.goal is None else
+                          f"--max-size / --max-ppl-increase only apply to --quant auto, not {scheme}")
     name = bundle.default_name(recipe.id if recipe else context.checkpoint.path.name, target.name, scheme)
     destination = Path(options.output) if options.output else Path("out") / name
 
     quantize_while_loading = quantize.layer_quantizer(target.name, scheme)
     fp32_bytes = context.checkpoint.spec.num_parameters * 4
-    if quantize_while_loading is None and not fits_in_memory(fp32_bytes * target.export_memory_factor, 0.9):
+    # --quant auto also holds each planned weight at 4 and at 8 bits, dequantized (precision.py)
+    factor = target.export_memory_factor + (2 if options.goal is not None else 0)
+    if quantize_while_loading is None and not fits_in_memory(fp32_bytes * factor, 0.9):
         raise ExportError(
-            f"the {target.name} target converts the whole fp32 model at once: about "
-            f"{fp32_bytes * target.export_memory_factor / 1e9:.0f} GB at peak for this model, too much for this "
+            f"the {target.name} target{' with --quant auto' if options.goal else ''} converts the whole fp32 model "
+            f"at once: about {fp32_bytes * factor / 1e9:.0f} GB at peak for this model, too much for this "
             f"machine's {total_memory() / 1e9:.1f} GB. Use --target executorch with --quant int4 or int8 "
             "(quantized layer by layer as the weights load), or a machine with more memory."
         )
@@ -238,15 +245,21 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
         stage1 = context.stage1(progress) if options.validate else None
         started = time.perf_counter()
         progress("loading weights" + (f" and quantizing each layer ({scheme})" if quantize_while_loading else ""))
+        decoder = context.checkpoint.build_decoder(prepare=quantize_while_loading)
+        plan = None
+        if options.goal is not None:
+            plan = precision.choose(decoder, tokenizer, target.weight_format(), options.goal, progress)
         request = targets.ExportRequest(
-            decoder=context.checkpoint.build_decoder(prepare=quantize_while_loading),
+            decoder=decoder,
             scheme=scheme,
             max_seq_len=context.max_seq_len,
             bos_id=tokenizer.bos_token_id,
             eos_ids=sorted(validate.stop_ids(tokenizer, context.checkpoint.config, context.recipe)),
             out_dir=staging_dir,
             progress=progress,
+            plan=plan.bits() if plan else None,
         )
+        del decoder
         artefact = target.export(request)
         del request
         for path in context.checkpoint.tokenizer_files():
@@ -257,6 +270,8 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
             tokenizer.backend_tokenizer.save(str(staging_dir / "tokenizer.json"))
         export_seconds = time.perf_counter() - started
         manifest = _manifest(context, target, scheme, artefact, export_seconds)
+        if plan is not None:
+            manifest["quantization"] = plan.as_manifest()
 
         validation = {"performed": False, "passed": None}
         if options.validate:

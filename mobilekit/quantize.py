@@ -24,6 +24,9 @@ class Budget:
     min_top1_agreement: float | None = None
     min_greedy_match: float | None = None
     max_ppl_increase_pct: float | None = None
+    # long greedy continuations that degenerate (loops, non-words) where the reference's do
+    # not: 0 for every scheme (validate.degeneration)
+    max_degenerate_continuations: int | None = 0
 
     def with_overrides(self, overrides: dict) -> "Budget":
         names = {f.name for f in fields(self)}
@@ -69,12 +72,22 @@ SCHEMES = {
         Scheme("int8", "8-bit per-channel weights", INT8_BUDGET, 8.5),
         Scheme("int4", "4-bit linear weights in blocks of 32 (embeddings: per target, see the README)", INT4_BUDGET,
                5.5),
+        # a goal (--max-size / --max-ppl-increase) picks 4 or 8 bits per group (precision.py);
+        # the disk check assumes the 8-bit end
+        Scheme("auto", "4 or 8 bits per group of weights, chosen by measurement against a size or quality goal",
+               INT4_BUDGET, 8.5),
     )
 }
+# Schemes that need more than a name (a goal): not in the nightly matrix's default sweep.
+GOAL_SCHEMES = ("auto",)
 
 
 def names() -> list[str]:
     return list(SCHEMES)
+
+
+def fixed_names() -> list[str]:
+    return [name for name in SCHEMES if name not in GOAL_SCHEMES]
 
 
 def get(name: str) -> Scheme:
@@ -96,7 +109,7 @@ def layer_quantizer(target: str, scheme: str):
     decoder, whose embeddings and head are still in their stored dtype), or None where the
     target quantizes the whole model itself. This way a 12B model never exists whole at
     fp32, nor does its 671M-entry embedding or head."""
-    if target == "executorch" and scheme != "fp32":
+    if target == "executorch" and scheme not in ("fp32", *GOAL_SCHEMES):
         return lambda module: quantize_for_executorch(module, scheme)
     return None
 
@@ -141,25 +154,30 @@ def _quantize_module(module, config) -> None:
     module.weight = nn.Parameter(kind(**data, **attributes), requires_grad=False)
 
 
-def quantize_for_executorch(module, scheme: str) -> None:
-    """In place, with torchao, in forms XNNPACK runs natively (dynamic int8 activations);
-    embeddings are 8-bit per row in both schemes, GPT-2's learned position table too (one
-    scale per position row; same gather kernel as the tokens; 4x smaller than fp32 and its
-    error far below the 4-bit linears'). Biased linears (Qwen2 q/k/v, Phi-2's lm head) keep
-    an fp32 bias; a tied lm head is quantized as a linear, apart from its embedding.
-    Weights still in a 16-bit stored dtype are quantized from it (the result computes in
-    fp32), large ones in blocks of rows.
+# Bits each kind of weight gets per scheme on ExecuTorch. int4 keeps the lm head at 8 bits
+# and stores the token embedding at 4 (quantized_decomposed::embedding_4bit): with HQQ
+# 4-bit heads the embedded SmolLM2 wrote "Once upona_d_m_d_s_s_s…" for a story prompt and
+# looped on plain text; the 8-bit head is paid for by the 4-bit embedding, same size
+# (README "Choosing int4 for ExecuTorch").
+# Keyed by a module's own name first (lm_head, GPT-2's learned embed_positions), then kind.
+EXECUTORCH_BITS = {
+    "int8": {"embedding": 8, "linear": 8, "lm_head": 8, "embed_positions": 8},
+    "int4": {"embedding": 4, "linear": 4, "lm_head": 8, "embed_positions": 8},
+}
 
-    int8: linears 8da8w (8-bit per-channel weights).
-    int4: linears 8da4w (4-bit weights in groups of 32) with HQQ-chosen scales.
+
+def executorch_config(kind: str, bits: int):
+    """The torchao config for one weight, in forms XNNPACK (linears, dynamic int8
+    activations) or ExecuTorch's quantized kernels (embeddings) run natively.
+
+    linear 8: 8da8w, per-channel. linear 4: 8da4w, groups of 32, HQQ-chosen scales.
+    embedding 8: per row. embedding 4: groups of 64 with fp32 scales (fp16 scales come out
+    of ExecuTorch 1.5.1's embedding_4bit kernel as garbage, measured on a tiny Llama; groups
+    of 32 would add 1.8 MB to SmolLM2, over its int4 size).
 
     HQQ because of measurement on SmolLM2-135M (README, "Choosing int4"): with plain
-    round-to-nearest scales the int4 model degenerates into repetition ("vast vast vast")
-    and its perplexity rises ~40%; HQQ scales, same size and same kernel, keep it coherent
-    (~19%). An 8-bit lm head helps further but costs 10 MB, over the size target.
-    """
-    if scheme == "fp32":
-        return
+    round-to-nearest scales the int4 model degenerates into repetition and its perplexity
+    rises ~40%; HQQ scales, same size and kernel, ~19%."""
     import torch
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
@@ -167,17 +185,60 @@ def quantize_for_executorch(module, scheme: str) -> None:
         IntxChooseQParamsAlgorithm,
     )
 
-    embedding_config = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-    if scheme == "int8":
-        linear_config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-    else:
-        linear_config = Int8DynamicActivationIntxWeightConfig(
-            weight_dtype=torch.int4,
-            weight_granularity=PerGroup(32),
-            intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY,
-        )
+    if kind == "embedding":
+        if bits == 8:
+            return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(64))
+    if bits == 8:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(32),
+        intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY,
+    )
+
+
+def quantize_for_executorch(module, scheme: str, plan: dict[str, int] | None = None) -> None:
+    """In place, with torchao (executorch_config), each weight at the bits EXECUTORCH_BITS
+    gives its kind under `scheme`, or that `plan` gives its name (--quant auto: names as in
+    the Decoder, `precision.Plan.bits()`). GPT-2's learned position table is an embedding
+    too. Biased linears keep an fp32 bias; a tied lm head is quantized as a linear, apart
+    from its embedding. Weights still in a 16-bit stored dtype are quantized from it (the
+    result computes in fp32), large ones in blocks of rows."""
+    if scheme == "fp32":
+        return
+    import torch
+
+    from mobilekit.modeling import Decoder
+
+    root = next((m for m in module.modules() if isinstance(m, Decoder)), module)
+    names = {id(m): name for name, m in root.named_modules()}
+
+    def bits_of(sub, kind: str) -> int:
+        name = names.get(id(sub), "")
+        if plan is not None and name in plan:
+            return plan[name]
+        table = EXECUTORCH_BITS["int4" if plan is not None else scheme]  # what a plan leaves out
+        return table.get(name.split(".")[-1], table[kind])
+
     # Embeddings first: a tied head shares the embedding's float weight until then.
     # Modules quantized while loading (layer_quantizer) are skipped: quantizing is idempotent.
-    for kind, config in ((torch.nn.Embedding, embedding_config), (torch.nn.Linear, linear_config)):
-        for sub in [m for m in module.modules() if isinstance(m, kind) and _not_yet_quantized(m)]:
-            _quantize_module(sub, config)
+    for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Linear, "linear")):
+        for sub in [m for m in module.modules() if isinstance(m, cls) and _not_yet_quantized(m)]:
+            _quantize_module(sub, executorch_config(kind, bits_of(sub, kind)))
+
+
+def executorch_weight_format():
+    """precision.WeightFormat of quantize_for_executorch: bytes as XNNPACK stores them
+    (bf16 block scales), int8 dynamic activations."""
+    from torch import nn
+
+    from mobilekit.precision import WeightFormat
+
+    def weight(module, kind: str, bits: int):
+        piece = nn.Embedding(1, 1) if kind == "embedding" else nn.Linear(1, 1, bias=False)
+        piece.weight = nn.Parameter(module.weight.detach().float().clone(), requires_grad=False)
+        _quantize_module(piece, executorch_config(kind, bits))
+        return piece.weight.dequantize().float()
+
+    return WeightFormat(weight, {("linear", 4): 0.5 + 2 / 32, ("linear", 8): 1.0,
+                                 ("embedding", 4): 0.5 + 4 / 64, ("embedding", 8): 1.0}, int8_activations=True)

@@ -30,6 +30,8 @@ class ExportRequest:
     eos_ids: list[int]
     out_dir: Path
     progress: Callable[[str], None] = lambda _msg: None
+    # --quant auto: decoder module name -> bits (precision.Plan.bits())
+    plan: dict[str, int] | None = None
 
 
 @dataclass
@@ -70,10 +72,16 @@ class Target:
     def check_available(self) -> None:
         """Raise TargetUnavailable if the converter or runtime is missing."""
 
+    def offered_schemes(self) -> tuple[str, ...]:
+        """`schemes` (what the nightly matrix sweeps), plus auto where the target has a
+        weight_format for it."""
+        return self.schemes + (("auto",) if type(self).weight_format is not Target.weight_format else ())
+
     def check_scheme(self, scheme: str) -> None:
-        if scheme not in self.schemes:
+        if scheme not in self.offered_schemes():
             raise SchemeNotSupported(
-                f"target {self.name} does not offer quant scheme {scheme!r}. It offers: {', '.join(self.schemes)}"
+                f"target {self.name} does not offer quant scheme {scheme!r}. It offers: "
+                f"{', '.join(self.offered_schemes())}"
             )
 
     def export(self, request: ExportRequest) -> Artefact:
@@ -98,6 +106,11 @@ class Target:
                  on_text: Callable[[str], None]) -> GenerationResult:
         """Generate through the runtime apps use; `prompt` is already chat-formatted."""
         raise NotImplementedError
+
+    def weight_format(self):
+        """precision.WeightFormat of this target's quantizer, for --quant auto; None where
+        the target does not offer it."""
+        return None
 
     def app_runtime_greedy(self, bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int] | None:
         """Greedy token ids through the app runtime, when it differs from the validation

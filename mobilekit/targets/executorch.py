@@ -382,7 +382,7 @@ class ExecuTorchTarget(Target):
 
         t0 = time.perf_counter()
         request.progress(f"quantizing ({request.scheme})")
-        quantize_for_executorch(module, request.scheme)
+        quantize_for_executorch(module, request.scheme, request.plan)
         timings["quantize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -447,6 +447,11 @@ class ExecuTorchTarget(Target):
             "constant_methods": methods,
         }
         return Artefact(files=[MODEL_FILE], io=io, extra={"timings": timings, "backend": "XNNPACK"})
+
+    def weight_format(self):
+        from mobilekit.quantize import executorch_weight_format
+
+        return executorch_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
         from mobilekit.runtime.executorch import ExecuTorchSession

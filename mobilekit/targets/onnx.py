@@ -350,7 +350,8 @@ def _name_dims(model) -> None:
 
 
 def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "fp32",
-                progress: Callable[[str], None] = lambda _m: None) -> tuple[dict[str, float], dict]:
+                progress: Callable[[str], None] = lambda _m: None,
+                plan: dict[str, int] | None = None) -> tuple[dict[str, float], dict]:
     """Export `decoder` to `path` + `path.data` under `scheme`; return (timings, quantization facts).
 
     fp16 exports the decoder cast to fp16: weights, activations and KV cache are fp16 in the
@@ -413,10 +414,10 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     timings["optimize_s"] = time.perf_counter() - t0
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if scheme in NBITS:
+    if scheme in NBITS or plan is not None:
         progress(f"quantizing ({scheme})")
         t0 = time.perf_counter()
-        model, facts = quantize_model(onnx_program.model_proto, scheme)
+        model, facts = quantize_model(onnx_program.model_proto, scheme, plan=plan)
         timings["quantize_s"] = time.perf_counter() - t0
         progress("saving model.onnx")
         t0 = time.perf_counter()
@@ -520,7 +521,7 @@ def _nbits_quantizer():
     return MatMulNBitsQuantizer
 
 
-def quantize_model(model, scheme: str, share_embedding: bool = True):
+def quantize_model(model, scheme: str, share_embedding: bool = True, plan: dict[str, int] | None = None):
     """Quantize an in-memory onnx.ModelProto (weights loaded); return (model, facts).
 
     int4 / int8: ONNX Runtime's MatMulNBitsQuantizer, symmetric blocks (NBITS), on every
@@ -532,30 +533,64 @@ def quantize_model(model, scheme: str, share_embedding: bool = True):
     model.onnx.data from 198 MB to 85 MB for top-1 agreement 0.600 -> 0.575 and perplexity
     30.07 -> 30.83 (reference 26.63), at the same decode speed.
     fp32 / fp16: unchanged (fp16 is exported in fp16).
+    auto: `plan` (decoder module name -> 4 or 8) — one 4-bit pass leaving out the 8-bit
+    MatMuls (by the names _readable_names gave them), then an 8-bit pass over those; a tied
+    embedding shares the lm head's blocks at the head's bits.
     """
     MatMulNBitsQuantizer = _nbits_quantizer()
     facts: dict = {"scheme": scheme}
     if scheme in ("fp32", "fp16"):
         return model, facts
-    if scheme not in NBITS:
+    if scheme not in NBITS and plan is None:
         raise ExportError(f"no ONNX quantization for scheme {scheme!r}; known: {', '.join(NBITS)}")
-    bits, block = NBITS[scheme]
+    bits, block = NBITS["int4" if plan is not None else scheme]
     tied = _untie_lm_head(model)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # it logs every node at INFO
+    eight_bit = [f"decoder.{name}/MatMul" for name, b in (plan or {}).items() if b == 8]
     try:
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
-                                         op_types_to_quantize=("MatMul",))
+                                         op_types_to_quantize=("MatMul",), nodes_to_exclude=eight_bit)
         quantizer.process()
+        model = quantizer.model.model
+        if eight_bit:  # what the first pass left: the 8-bit MatMuls
+            bits8, block8 = NBITS["int8"]
+            quantizer = MatMulNBitsQuantizer(model, bits=bits8, block_size=block8, is_symmetric=True,
+                                             accuracy_level=4, op_types_to_quantize=("MatMul",))
+            quantizer.process()
+            model = quantizer.model.model
     finally:
         log.setLevel(level)
-    model = quantizer.model.model
-    shared = bool(tied) and share_embedding and _share_embedding(model, tied, bits, block)
+    head_bits = 8 if "decoder.lm_head/MatMul" in eight_bit else bits
+    shared = bool(tied) and share_embedding and _share_embedding(model, tied, head_bits, block)
+    bits = "4 and 8 (plan)" if plan is not None else bits
     facts.update(method="MatMulNBits", bits=bits, block_size=block, symmetric=True, accuracy_level=4,
                  quantized_matmuls=sum(n.op_type == "MatMulNBits" for n in model.graph.node),
-                 embedding=f"int{bits} (read from the lm head's blocks)" if shared else "fp32")
+                 embedding=f"int{head_bits} (read from the lm head's blocks)" if shared else "fp32")
     return model, facts
+
+
+def onnx_weight_format():
+    """precision.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
+    block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
+    embedding follows the head; an untied one stays fp32); activations are quantized inside
+    the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
+    from mobilekit.precision import WeightFormat
+
+    def weight(module, kind: str, bits: int):
+        block = NBITS["int4" if bits == 4 else "int8"][1]
+        w = module.weight.detach().float()
+        rows, cols = w.shape
+        pad = (-cols) % block
+        blocks = torch.nn.functional.pad(w, (0, pad)).reshape(rows, -1, block)
+        extreme = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+        scale = extreme / -(2 ** (bits - 1))
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.clamp(torch.round(blocks / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        return (q * scale).reshape(rows, -1)[:, :cols].contiguous()
+
+    return WeightFormat(weight, {("linear", 4): 0.5 + 4 / 32, ("linear", 8): 1 + 4 / 32}, kinds=("linear",))
 
 
 def quantize_onnx(path: Path, scheme: str, share_embedding: bool = True) -> dict:
@@ -725,7 +760,8 @@ class OnnxTarget(Target):
         require_onnx()
         spec = request.decoder.spec
         path = Path(request.out_dir) / MODEL_FILE
-        timings, quantization = export_onnx(request.decoder, request.max_seq_len, path, request.scheme, request.progress)
+        timings, quantization = export_onnx(request.decoder, request.max_seq_len, path, request.scheme, request.progress,
+                                            request.plan)
 
         config = genai_config(spec, request.max_seq_len, request.bos_id, request.eos_ids)
         (Path(request.out_dir) / GENAI_CONFIG).write_text(json.dumps(config, indent=4) + "\n")
@@ -738,6 +774,9 @@ class OnnxTarget(Target):
         }
         return Artefact(files=[MODEL_FILE, DATA_FILE, GENAI_CONFIG], io=io_contract(spec, request.max_seq_len, kv_dtype),
                         extra=extra)
+
+    def weight_format(self):
+        return onnx_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
         from mobilekit.runtime.onnx import OnnxSession

@@ -16,7 +16,7 @@ def test_unknown_target_lists_available():
 
 
 def test_unknown_scheme_and_family():
-    with pytest.raises(UnknownNameError, match="Unknown quant scheme 'int3'. Available: fp16, fp32, int4, int8"):
+    with pytest.raises(UnknownNameError, match="Unknown quant scheme 'int3'. Available: auto, fp16, fp32, int4, int8"):
         quantize.get("int3")
     with pytest.raises(UnknownNameError, match="Unknown family 'bert'"):
         families.get("bert")

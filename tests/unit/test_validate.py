@@ -37,3 +37,47 @@ def test_noisy_logits_fail_with_the_margin():
     misses = validate.check(metrics, quantize.FP32_BUDGET)
     assert any(m.startswith("max_abs_logit_error") and "exceeds its budget" in m for m in misses)
     assert any(m.startswith("top1_agreement") and "is below its budget" in m for m in misses)
+
+
+STORY = ("The baker lit her ovens before dawn and folded the dough until it felt soft. By six the shop "
+         "smelled of warm crust, and a line of neighbours reached the corner of Mill Street.")
+
+
+def test_degeneration_flags_loops_and_non_words_not_plain_text():
+    words = STORY.split()
+    plain = validate.degeneration(list(range(len(words))), STORY)
+    assert not plain["degenerate"] and plain["repeated_ngrams"] == 0 and plain["nonwords"] == 0
+    loop = validate.degeneration([5, 6, 7, 8, 9] * 20, "it was different because " * 20)
+    assert loop["degenerate"] and loop["repeated_ngrams"] > 0.9
+    garbage = "Once upona_d_m_d_s_s_s_s_s_s a robot_w_d_w paints"
+    mashed = validate.degeneration(list(range(12)), garbage)
+    assert mashed["degenerate"] and mashed["repeated_ngrams"] == 0 and mashed["nonwords"] > 0.3
+
+
+class ScriptedSession(ArraySession):
+    """Greedy always continues with `tokens`, whatever the prompt."""
+
+    def __init__(self, tokens, vocab=50):
+        logits = np.zeros((len(tokens) + 64, vocab), dtype=np.float32)
+        super().__init__(logits)
+        self.tokens = tokens
+
+    def greedy(self, prompt, max_new_tokens, stop_ids=frozenset()):
+        return self.tokens[:max_new_tokens]
+
+
+def test_continuations_are_gated_only_where_the_reference_is_text():
+    text = {i: w for i, w in enumerate(STORY.split())}
+    decode = lambda ids: " ".join(text.get(i, "it_was_x") for i in ids)  # noqa: E731
+    ref = validate.Reference(eval_ids=[], eval_logits=np.zeros((0, 1)), prompts={}, greedy={},
+                             continuation_prompts={"chat0": [1, 2]}, continuations={"chat0": list(range(30))},
+                             decode=decode)
+    looping = ScriptedSession([40, 41, 42, 43] * 10)
+    record = validate.measure_continuations(looping, ref)["chat0"]
+    assert record["gated"] and record["degenerate"] and record["artefact"]["repeated_ngrams"] > 0.5
+    assert not validate.measure_continuations(ScriptedSession(list(range(30))), ref)["chat0"]["degenerate"]
+    # a reference that loops itself (a random-weight model) holds the artefact to nothing
+    ref.continuations = {"chat0": [40, 41, 42, 43] * 10}
+    assert validate.measure_continuations(looping, ref)["chat0"] == {
+        "reference_text": decode([40, 41, 42, 43] * 10), "reference": validate.degeneration(
+            [40, 41, 42, 43] * 10, decode([40, 41, 42, 43] * 10)), "gated": False}

@@ -1,0 +1,62 @@
+"""--quant auto through the pipeline on a tiny random Llama, for every target that offers
+it: the plan's bits reach the artefact, the manifest records the plan, validation runs."""
+
+import pytest
+
+from mobilekit import pipeline, precision, targets
+from mobilekit.errors import ExportError, SchemeNotSupported
+
+AUTO_TARGETS = [name for name in targets.names() if "auto" in targets.get(name).offered_schemes()]
+
+
+@pytest.fixture(scope="module")
+def context(tiny_llama_dir):
+    return pipeline.make_context(None, str(tiny_llama_dir), 128)
+
+
+@pytest.fixture(scope="module")
+def auto_bundles(context, tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    bundles = {}
+    for name in AUTO_TARGETS:
+        # half way from all-4-bit to all-8-bit
+        low, high = precision.size_bounds(context.checkpoint.build_decoder(), targets.get(name).weight_format())
+        goal = precision.Goal(max_size_bytes=int(low + 0.5 * (high - low)))
+        bundles[name] = pipeline.export(context, pipeline.ExportOptions(
+            target=name, scheme="auto", output=root / name, keep_failed=True, goal=goal))
+    return bundles
+
+
+@pytest.mark.parametrize("name", AUTO_TARGETS)
+def test_auto_bundle_records_its_plan_and_validates(auto_bundles, name):
+    manifest = auto_bundles[name].manifest
+    plan = manifest["quantization"]
+    assert manifest["quant"] == "auto" and plan["goal"].startswith("at most")
+    bits = {g["group"]: g["bits"] for g in plan["groups"]}
+    assert set(bits.values()) == {4, 8}
+    assert manifest["validation"]["stage2"]["passed"], manifest["validation"]["stage2"]["misses"]
+
+
+def test_onnx_matmuls_get_the_plans_bits(auto_bundles):
+    import onnx
+
+    if "onnx" not in auto_bundles:
+        pytest.skip("the ONNX target is not installed")
+    bundle = auto_bundles["onnx"]
+    wanted = {f"decoder.{module}/MatMul": g["bits"] for g in bundle.manifest["quantization"]["groups"]
+              for module in g["modules"]}
+    model = onnx.load(str(bundle.path / "model.onnx"), load_external_data=False)
+    got = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node
+           if n.op_type == "MatMulNBits"}
+    assert {name: got.get(name + "_Q4", got.get(name + "_Q8", got.get(name))) for name in wanted} == wanted
+
+
+def test_auto_needs_a_goal_and_a_target_that_offers_it(context, tmp_path):
+    with pytest.raises(ExportError, match="--quant auto needs"):
+        pipeline.export(context, pipeline.ExportOptions(target="executorch", scheme="auto", output=tmp_path / "a"))
+    with pytest.raises(ExportError, match="only apply to --quant auto"):
+        pipeline.export(context, pipeline.ExportOptions(target="executorch", scheme="int4", output=tmp_path / "b",
+                                                        goal=precision.Goal(max_size_bytes=10 ** 9)))
+    with pytest.raises(SchemeNotSupported, match="does not offer quant scheme 'auto'"):
+        targets.get("coreml").check_scheme("auto")
+    assert not any(tmp_path.iterdir())
