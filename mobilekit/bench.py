@@ -17,7 +17,7 @@ BENCH_PROMPT = "Write a long story about a dragon who learns to bake bread."
 
 
 def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
-        on_note: Callable[[str], None] = lambda _m: None) -> list[dict]:
+        on_note: Callable[[str], None] = lambda _m: None, quality: bool = False) -> list[dict]:
     """Every bundle is checked (manifest, files, runtime installed, prompt within its
     context) before any is measured; `new_tokens` beyond a bundle's context is clamped,
     with a note. Bundles are only read."""
@@ -39,6 +39,8 @@ def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
         row = _child(["bundle", str(folder), str(tokens)])
         row.update(name=folder.name, target=manifest["target"], quant=manifest["quant"],
                    size_mb=manifest["size_bytes"] / 1e6)
+        if quality:
+            row["quality"] = _quality(folder, manifest, on_note)
         rows.append(row)
         eager_source = eager_source or (folder, manifest)
     if compare_eager and eager_source:
@@ -51,6 +53,31 @@ def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
         for r in rows:
             r["decode_vs_eager"] = r["decode_tokens_per_s"] / row["decode_tokens_per_s"]
     return rows
+
+
+_references: dict = {}
+
+
+def _quality(folder: Path, manifest: dict, on_note: Callable[[str], None]) -> dict:
+    """Validation's stage-2 measurements of one bundle (teacher-forced perplexity and top-1
+    on the evaluation text, greedy matches, long continuations' degeneration) against its
+    checkpoint's reference, computed once per checkpoint and context length in this run."""
+    from mobilekit import pipeline, recipes, targets, validate
+
+    source = pipeline._source_of(manifest)
+    key = (source, manifest["max_seq_len"])
+    if key not in _references:
+        recipe = recipes.get(manifest["recipe"]) if manifest.get("recipe") else None
+        on_note(f"computing the reference of {source} for --quality")
+        context = pipeline.make_context(recipe, source, manifest["max_seq_len"])
+        _references[key] = context.reference(lambda _m: None)
+    metrics = validate.measure(targets.of_bundle(folder, manifest).open_session(folder, manifest), _references[key])
+    continuations = metrics.continuations
+    return {
+        "ppl_increase_pct": metrics.ppl_increase_pct, "top1_agreement": metrics.top1_agreement,
+        "greedy_match": metrics.greedy_match, "degenerate_continuations": metrics.degenerate_continuations,
+        "continuations": {name: c.get("artefact") for name, c in continuations.items()},
+    }
 
 
 def _child(args: list[str]) -> dict:
@@ -66,15 +93,21 @@ def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=f"mobilekit bench (prompt: {BENCH_PROMPT!r})")
+    with_quality = any("quality" in r for r in rows)
     for col in ("bundle", "runtime", "prompt tok", "new tok", "TTFT ms", "prefill tok/s",
-                "decode tok/s", "× eager", "peak RSS MB", "size MB"):
+                "decode tok/s", "× eager", "peak RSS MB", "size MB",
+                *(("ppl Δ", "top-1", "degenerate") if with_quality else ())):
         table.add_column(col)
     for r in rows:
+        q = r.get("quality")
+        quality_cells = (f"{q['ppl_increase_pct']:+.1f}%", f"{q['top1_agreement']:.1%}",
+                         f"{q['degenerate_continuations']}/{len(q['continuations'])}") if q else ("", "", "")
         table.add_row(
             r["name"], r["runtime"], str(r["prompt_tokens"]), str(r["generated_tokens"]),
             f"{r['time_to_first_token_s'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}",
             f"{r['decode_tokens_per_s']:.1f}", f"{r['decode_vs_eager']:.1f}" if "decode_vs_eager" in r else "",
             f"{r['peak_rss_mb']:.0f}", f"{r['size_mb']:.1f}" if r["size_mb"] else "",
+            *(quality_cells if with_quality else ()),
         )
     Console().print(table)
 

@@ -319,9 +319,9 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
         if max_ppl_increase is not None and not (0 < max_ppl_increase < 1000):
             raise click.UsageError(f"--max-ppl-increase {max_ppl_increase:g} must be a percentage above 0, e.g. 5")
         goal = precision.Goal(precision.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
-    elif quant in quantize.GOAL_SCHEMES:
+    elif quant in quantize.GOAL_SCHEMES and not all(recipe and recipe.goal_for(name) for name in names):
         raise click.UsageError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase "
-                               "PERCENT (e.g. 5)")
+                               "PERCENT (e.g. 5); the recipe gives none for this target")
     with _progress("export") as progress:
         context = pipeline.make_context(recipe, checkpoint_source, max_seq_len, tokenizer=tokenizer_source)
         results, failures = [], []
@@ -441,13 +441,17 @@ def generate(bundle_dir, prompt, max_new_tokens, chat):
                 type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--compare-eager", is_flag=True, help="Also run transformers eager fp32 (generate) in this run.")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--quality", is_flag=True,
+              help="Also measure each bundle against its checkpoint's reference: perplexity increase, top-1 "
+                   "agreement and degenerate long continuations, on text the calibration never saw.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(bundle_dirs, compare_eager, new_tokens, as_json):
-    """Prefill and decode tokens/s, time to first token, peak RSS and size, side by side."""
+def bench(bundle_dirs, compare_eager, new_tokens, quality, as_json):
+    """Prefill and decode tokens/s, time to first token, peak RSS and size (and --quality),
+    side by side."""
     from mobilekit import bench as bench_lib
 
     rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens,
-                         on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True))
+                         on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True), quality=quality)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

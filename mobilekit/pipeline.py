@@ -220,6 +220,8 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     quantize.get(scheme)
     target.check_scheme(scheme)
     target.check_available()
+    if scheme in quantize.GOAL_SCHEMES and options.goal is None and recipe is not None:
+        options = dataclasses.replace(options, goal=recipe.goal_for(target.name))
     if (scheme in quantize.GOAL_SCHEMES) != (options.goal is not None):
         raise ExportError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase PERCENT"
                           if options.goal is None else

@@ -79,6 +79,7 @@ class WeightFormat:
     bytes_per_weight: dict
     int8_activations: bool = False
     kinds: tuple[str, ...] = ("embedding", "linear")  # what the target quantizes by plan
+    overhead_bytes_per_layer: int = 0  # the format's own, measured (program, block headers)
 
 
 @dataclass
@@ -147,17 +148,14 @@ def _fixed_bytes(decoder, groups: list[Group]) -> int:
 def size_bounds(decoder, fmt: WeightFormat) -> tuple[int, int]:
     """Predicted model bytes with every group at 4 bits, and at 8."""
     groups = groups_of(decoder, fmt.kinds)
-    fixed = _fixed_bytes(decoder, groups)
+    fixed = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
     return tuple(fixed + int(sum(g.weights * fmt.bytes_per_weight[(g.kind, b)] for g in groups)) for b in BITS)
 
 
-def choose(decoder, tokenizer, fmt: WeightFormat, goal: Goal,
-           progress: Callable[[str], None] = lambda _m: None) -> Plan:
-    """The plan for `decoder` (fp32, left unchanged) on this target's format."""
-    started = time.perf_counter()
+def _sensitivity(decoder, tokenizer, fmt: WeightFormat, progress: Callable[[str], None]):
+    """Each group's gain at 8 bits; groups in order of gain per added byte."""
     ids = tokenizer(calibration_text())["input_ids"][:CALIBRATION_TOKENS]
     groups = groups_of(decoder, fmt.kinds)
-    fixed_bytes = _fixed_bytes(decoder, groups)
     progress(f"quantize auto: sensitivity of {len(groups)} groups on {len(ids)} calibration tokens")
     runner = _Runner(decoder, ids, fmt, groups)
     base_kl = runner.kl({})
@@ -165,6 +163,32 @@ def choose(decoder, tokenizer, fmt: WeightFormat, goal: Goal,
         g.gain = base_kl - runner.kl({g.name: 8})
     order = sorted(groups, key=lambda g: g.gain / (g.weights * (fmt.bytes_per_weight[(g.kind, 8)]
                                                                - fmt.bytes_per_weight[(g.kind, 4)])), reverse=True)
+    return runner, groups, order, base_kl
+
+
+def curve(decoder, tokenizer, fmt: WeightFormat, points: int = 8,
+          progress: Callable[[str], None] = lambda _m: None) -> list[dict]:
+    """The size/quality curve --quant auto chooses from: predicted size and calibration
+    perplexity increase after promoting the first k groups of the gain-per-byte order."""
+    runner, groups, order, _ = _sensitivity(decoder, tokenizer, fmt, progress)
+    fixed = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
+    ranked = [g for g in order if g.gain > 0]
+    rows = []
+    for k in sorted({round(i * len(ranked) / (points - 1)) for i in range(points)}):
+        for rank, g in enumerate(ranked):
+            g.bits = 8 if rank < k else 4
+        ppl = runner.ppl({g.name: g.bits for g in groups})
+        rows.append({"groups_at_8_bits": k, "predicted_size_bytes": _size(groups, fmt, fixed),
+                     "calibration_ppl_increase_pct": round(100 * (ppl / runner.reference_ppl - 1), 2)})
+    return rows
+
+
+def choose(decoder, tokenizer, fmt: WeightFormat, goal: Goal,
+           progress: Callable[[str], None] = lambda _m: None) -> Plan:
+    """The plan for `decoder` (fp32, left unchanged) on this target's format."""
+    started = time.perf_counter()
+    runner, groups, order, base_kl = _sensitivity(decoder, tokenizer, fmt, progress)
+    fixed_bytes = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
     smallest = _size(groups, fmt, fixed_bytes)
     if goal.max_size_bytes is not None:
         if smallest > goal.max_size_bytes:

@@ -22,7 +22,7 @@ from mobilekit.errors import CheckpointError, RecipeError, UnknownNameError
 
 _KNOWN_KEYS = {
     "name", "family", "repo", "revision", "default_checkpoint", "max_seq_len",
-    "default_quant", "budgets", "license", "stop_strings", "notes",
+    "default_quant", "auto_goal", "budgets", "license", "stop_strings", "notes",
     "config", "special_ids", "chat_template", "tokenizer",
 }
 # [tokenizer]: where the tokenizer comes from when the checkpoint ships none (OpenELM).
@@ -46,6 +46,9 @@ class Recipe:
     max_seq_len: int
     # target name -> default quant scheme
     default_quant: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # target -> {"max_size": "120MB"} or {"max_ppl_increase": 5}: the goal of --quant auto when
+    # the command line gives none (what lets default_quant name auto)
+    auto_goal: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     # scheme -> {metric: bound}, overriding the scheme's default budget for this model
     budgets: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     # Where weights come from when --checkpoint is not given: "embedded" or the hub.
@@ -76,11 +79,15 @@ class Recipe:
         for target, scheme in self.default_quant.items():
             if target not in targets.names():
                 raise RecipeError(f"recipe {self.id}: default_quant names unknown target {target!r}")
-            if scheme not in targets.get(target).schemes:
+            if scheme not in targets.get(target).offered_schemes():
                 raise RecipeError(
                     f"recipe {self.id}: default_quant.{target} = {scheme!r}, "
-                    f"but {target} offers {', '.join(targets.get(target).schemes)}"
+                    f"but {target} offers {', '.join(targets.get(target).offered_schemes())}"
                 )
+            if scheme in quantize.GOAL_SCHEMES and target not in self.auto_goal:
+                raise RecipeError(f"recipe {self.id}: default_quant.{target} = {scheme!r} needs [auto_goal.{target}]")
+        for target in self.auto_goal:
+            self.goal_for(target)  # raises on a bad table
         for scheme, bounds in self.budgets.items():
             quantize.budget_for(scheme).with_overrides(bounds)  # raises on unknown names
         if self.special_ids not in SPECIAL_IDS:
@@ -96,6 +103,22 @@ class Recipe:
                     f"recipe {self.id}: [config] describes a {claimed.name} checkpoint "
                     f"({self.config.get('architectures')}), but family is {self.family!r}"
                 )
+
+    def goal_for(self, target: str):
+        """[auto_goal.TARGET] as a precision.Goal, or None."""
+        from mobilekit import precision
+
+        table = self.auto_goal.get(target)
+        if table is None:
+            return None
+        if target not in _target_names() or set(table) - {"max_size", "max_ppl_increase"} or len(table) != 1:
+            raise RecipeError(f"recipe {self.id}: [auto_goal.{target}] must name a target and hold one of "
+                              "max_size = \"110MB\" or max_ppl_increase = 5")
+        try:
+            return precision.Goal(precision.parse_size(table["max_size"]) if "max_size" in table else None,
+                                  table.get("max_ppl_increase"))
+        except Exception as e:
+            raise RecipeError(f"recipe {self.id}: [auto_goal.{target}]: {e}") from e
 
     def _check_tokenizer_table(self):
         table = self.tokenizer
@@ -192,6 +215,12 @@ def _load(recipe_id: str) -> Recipe:
     return parse(recipe_id, (_recipe_dir() / f"{recipe_id}.toml").read_text(encoding="utf-8"))
 
 
+def _target_names() -> list[str]:
+    from mobilekit import targets
+
+    return targets.names()
+
+
 def parse(recipe_id: str, text: str) -> Recipe:
     """A recipe from its TOML text, or a RecipeError naming the recipe and the fault."""
     try:
@@ -218,6 +247,7 @@ def from_dict(recipe_id: str, data: dict) -> Recipe:
         license=data["license"],
         max_seq_len=int(data["max_seq_len"]),
         default_quant=MappingProxyType(dict(data.get("default_quant", {}))),
+        auto_goal=MappingProxyType({k: dict(v) for k, v in data.get("auto_goal", {}).items()}),
         budgets=MappingProxyType({k: dict(v) for k, v in data.get("budgets", {}).items()}),
         default_checkpoint=data.get("default_checkpoint", ""),
         stop_strings=tuple(data.get("stop_strings", ())),
@@ -240,6 +270,8 @@ _TYPES = {
         "chat_template")},
     "max_seq_len": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "default_quant": ("a table of target = scheme strings", _str_table),
+    "auto_goal": ("a table of [auto_goal.TARGET] tables", lambda v: isinstance(v, Mapping) and all(
+        isinstance(t, Mapping) for t in v.values())),
     "budgets": ("a table of [budgets.SCHEME] tables of metric = number", lambda v: isinstance(v, Mapping) and all(
         isinstance(b, Mapping) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b.values())
         for b in v.values())),

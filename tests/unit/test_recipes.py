@@ -23,7 +23,12 @@ def test_from_dict_builds_a_frozen_recipe():
         ({"family": "bert"}, "family 'bert' is not one of"),
         ({"repo": "nope"}, "must be owner/name"),
         ({"max_seq_len": 4}, "max_seq_len 4 must be in"),
-        ({"default_quant": {"executorch": "fp16"}}, "executorch offers fp32, int8, int4"),
+        ({"default_quant": {"executorch": "fp16"}}, "executorch offers fp32, int8, int4, auto"),
+        ({"default_quant": {"executorch": "auto"}}, "needs \\[auto_goal.executorch\\]"),
+        ({"auto_goal": {"executorch": {"max_size": "huge"}}}, "auto_goal.executorch.*is not a size"),
+        ({"auto_goal": {"executorch": {"max_size": "90MB", "max_ppl_increase": 5}}}, "hold one of"),
+        ({"auto_goal": {"tflite": {"max_size": "90MB"}}}, "must name a target"),
+        ({"auto_goal": {"onnx": "90MB"}}, "auto_goal must be a table"),
         ({"default_quant": {"tflite": "int4"}}, "unknown target 'tflite'"),
         ({"budgets": {"int4": {"min_top3": 0.5}}}, "unknown budget metric"),
         ({"colour": "red"}, "unknown keys \\['colour'\\]"),
@@ -32,6 +37,17 @@ def test_from_dict_builds_a_frozen_recipe():
 def test_bad_recipes_name_the_field(change, message):
     with pytest.raises(RecipeError, match=message):
         recipes.from_dict("x", {**GOOD, **change})
+
+
+def test_auto_goal_is_the_default_goal_of_auto():
+    from mobilekit import precision
+
+    recipe = recipes.from_dict("x", {**GOOD, "default_quant": {"executorch": "auto", "onnx": "auto"},
+                                     "auto_goal": {"executorch": {"max_size": "120MB"},
+                                                   "onnx": {"max_ppl_increase": 5}}})
+    assert recipe.goal_for("executorch") == precision.Goal(max_size_bytes=120_000_000)
+    assert recipe.goal_for("onnx") == precision.Goal(max_ppl_increase_pct=5)
+    assert recipe.goal_for("coreml") is None
 
 
 def test_missing_keys_are_listed():
