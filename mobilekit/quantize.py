@@ -24,9 +24,12 @@ class Budget:
     min_top1_agreement: float | None = None
     min_greedy_match: float | None = None
     max_ppl_increase_pct: float | None = None
-    # long greedy continuations that degenerate (loops, non-words) where the reference's do
-    # not: 0 for every scheme (validate.degeneration)
-    max_degenerate_continuations: int | None = 0
+    # Long greedy continuations (validate.degeneration) that degenerate where the reference's
+    # do not. Non-words ("upona_d_m") are never chance: none allowed. A loop can be: a 135M
+    # model's greedy text falls into one by chance, one plan looping where a smaller one did
+    # not (README "Validation"), so one loop of the four is allowed, two fail.
+    max_degenerate_continuations: int | None = 1
+    max_garbled_continuations: int | None = 0
 
     def with_overrides(self, overrides: dict) -> "Budget":
         names = {f.name for f in fields(self)}
@@ -62,7 +65,10 @@ INT8_BUDGET = Budget(min_mean_cosine=0.98, min_top1_agreement=0.8, max_ppl_incre
 # Stage 1 when the model is too large for an fp32 reference: decoder and reference both
 # compute in bf16, so they differ by bf16 rounding of two different op orders.
 BF16_REFERENCE_BUDGET = Budget(min_mean_cosine=0.99, min_top1_agreement=0.85, max_ppl_increase_pct=3.0)
-INT4_BUDGET = Budget(min_mean_cosine=0.8, min_top1_agreement=0.45, max_ppl_increase_pct=25.0)
+# Tightened in issue 21 to what int4 measures now (SmolLM2 stage 2: ExecuTorch top-1 62.5%,
+# ppl +16.0%; ONNX 58.8%, +14.5%; Core ML 73.8%, +5.9%), with a margin. `auto` is held to
+# the same floor; its goal is what it chooses against.
+INT4_BUDGET = Budget(min_mean_cosine=0.8, min_top1_agreement=0.5, max_ppl_increase_pct=20.0)
 
 SCHEMES = {
     s.name: s

@@ -12,7 +12,7 @@ Measurements:
   cosine, top-1 agreement, and perplexity (increase vs reference, %);
   greedy continuation of each fixed prompt -> fraction of the reference's tokens matched
   before the first divergence (the minimum over prompts);
-  long greedy continuations (CONTINUATION_TOKENS, a chat and a plain story prompt, the
+  long greedy continuations (CONTINUATION_TOKENS, two chat and two plain story prompts, the
   whole prompt prefilled in one call as apps do) -> degeneration: repeated token n-grams
   and non-words. A model departs from its reference within a few tokens at 4 bits, so the
   continuation is not compared token by token; it must stay text. Gated only where the
@@ -135,8 +135,10 @@ class Metrics:
     ppl: float
     ppl_increase_pct: float
     positions: int
-    # long continuations whose reference is text and whose artefact's is not (see degeneration())
+    # long continuations whose reference is text and whose artefact's is not (see degeneration()):
+    # all of them (loops or non-words), and those with non-words
     degenerate_continuations: int = 0
+    garbled_continuations: int = 0
     greedy_tokens: dict = field(default_factory=dict)  # name -> {"reference": [...], "artefact": [...]}
     continuations: dict = field(default_factory=dict)  # name -> texts and degeneration of both
 
@@ -176,6 +178,7 @@ def measure(session, reference: Reference, continuations: bool = True) -> Metric
         ppl_increase_pct=100.0 * (ppl - ref_ppl) / ref_ppl,
         positions=len(targets),
         degenerate_continuations=sum(c.get("degenerate", False) for c in continuations.values()),
+        garbled_continuations=sum(c.get("garbled", False) for c in continuations.values()),
         greedy_tokens=greedy,
         continuations=continuations,
     )
@@ -221,6 +224,7 @@ def measure_continuations(session, reference: Reference) -> dict:
             entry["artefact_text"] = reference.decode(produced)
             entry["artefact"] = degeneration(produced, entry["artefact_text"])
             entry["degenerate"] = entry["artefact"]["degenerate"]
+            entry["garbled"] = entry["artefact"]["nonwords"] > MAX_NONWORDS
         record[name] = entry
     return record
 
@@ -251,6 +255,7 @@ _CHECKS = {
     "greedy_match": ("min_greedy_match", "min"),
     "ppl_increase_pct": ("max_ppl_increase_pct", "max"),
     "degenerate_continuations": ("max_degenerate_continuations", "max"),
+    "garbled_continuations": ("max_garbled_continuations", "max"),
 }
 
 

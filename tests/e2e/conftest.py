@@ -19,9 +19,11 @@ def smollm2_bundle(smollm2_context, tmp_path_factory):
     cache = {}
     root = tmp_path_factory.mktemp("smollm2")
 
-    def get(target: str, scheme: str) -> pipeline.ExportResult:
+    def get(target: str, scheme: str, keep_failed: bool = False) -> pipeline.ExportResult:
+        """keep_failed: a bundle a test expects to miss a budget (it asserts which)."""
         if (target, scheme) not in cache:
-            options = pipeline.ExportOptions(target=target, scheme=scheme, output=root / f"{target}-{scheme}")
+            options = pipeline.ExportOptions(target=target, scheme=scheme, output=root / f"{target}-{scheme}",
+                                             keep_failed=keep_failed)
             cache[target, scheme] = pipeline.export(smollm2_context, options)
         return cache[target, scheme]
 

@@ -3,25 +3,29 @@
 import pytest
 import torch
 
-from mobilekit import chat, targets, validate
+from mobilekit import chat, recipes, targets, validate
 
 pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
+STORY = "Write a short story about a robot learning to paint."
 
 
 def runner_text(result, prompt, max_new_tokens):
     return targets.get("executorch").generate(result.path, result.manifest, prompt, max_new_tokens, lambda _t: None)
 
 
-def test_int4_answers_paris_and_stops(smollm2_bundle):
-    result = smollm2_bundle("executorch", "int4")
-    assert result.manifest["validation"]["passed"]
+def test_default_answers_paris_stops_and_tells_a_story(smollm2_bundle):
+    """The recipe's default (make demo's bundle) through the C++ runner."""
+    result = smollm2_bundle("executorch", recipes.get("smollm2-135m").default_quant["executorch"])
+    assert result.manifest["validation"]["passed"], result.manifest["validation"]["stage2"]["misses"]
     generated = runner_text(result, chat.format_prompt(result.manifest, FRANCE), 64)
     assert "Paris" in generated.text
     # The runner must stop on <|im_end|> (get_eos_ids), not run on to max_new_tokens.
     assert generated.text.rstrip().endswith("<|im_end|>") or len(generated.text) < 400
-    assert result.path.joinpath("model.pte").stat().st_size <= 105_100_000
+    story = runner_text(result, chat.format_prompt(result.manifest, STORY), 120).text
+    words = story.replace("<|im_end|>", "").split()
+    assert len(words) > 40 and not validate.degeneration(list(range(len(words))), story)["nonwords"]
 
 
 def test_fp32_runner_greedy_equals_reference(smollm2_bundle, smollm2_context):

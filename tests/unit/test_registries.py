@@ -45,7 +45,7 @@ def test_every_recipe_parses_and_names_a_registered_family():
     for recipe in recipes.all_recipes():
         assert recipe.family in families.names()
         for target, scheme in recipe.default_quant.items():
-            assert scheme in targets.get(target).schemes
+            assert scheme in targets.get(target).offered_schemes()
 
 
 def test_budgets_are_ordered_by_scheme_strictness():
