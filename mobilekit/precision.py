@@ -139,16 +139,18 @@ def _size(groups: list[Group], fmt: WeightFormat, fixed_bytes: int) -> int:
     return fixed_bytes + int(sum(g.weights * fmt.bytes_per_weight[(g.kind, g.bits)] for g in groups))
 
 
-def _fixed_bytes(decoder, groups: list[Group]) -> int:
-    """fp32 weights no plan covers: norms, biases (and an untied embedding a target keeps)."""
+def _fixed_bytes(decoder, groups: list[Group], fmt: WeightFormat) -> int:
+    """Bytes no plan changes: fp32 weights no group covers (norms, biases, an untied
+    embedding a target keeps) and the format's own overhead."""
     planned = {id(decoder.get_submodule(m).weight) for g in groups for m in g.modules}
-    return 4 * sum(p.numel() for p in decoder.parameters() if id(p) not in planned)
+    weights = 4 * sum(p.numel() for p in decoder.parameters() if id(p) not in planned)
+    return weights + fmt.overhead_bytes_per_layer * len(decoder.layers)
 
 
 def size_bounds(decoder, fmt: WeightFormat) -> tuple[int, int]:
     """Predicted model bytes with every group at 4 bits, and at 8."""
     groups = groups_of(decoder, fmt.kinds)
-    fixed = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
+    fixed = _fixed_bytes(decoder, groups, fmt)
     return tuple(fixed + int(sum(g.weights * fmt.bytes_per_weight[(g.kind, b)] for g in groups)) for b in BITS)
 
 
@@ -171,7 +173,7 @@ def curve(decoder, tokenizer, fmt: WeightFormat, points: int = 8,
     """The size/quality curve --quant auto chooses from: predicted size and calibration
     perplexity increase after promoting the first k groups of the gain-per-byte order."""
     runner, groups, order, _ = _sensitivity(decoder, tokenizer, fmt, progress)
-    fixed = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
+    fixed = _fixed_bytes(decoder, groups, fmt)
     ranked = [g for g in order if g.gain > 0]
     rows = []
     for k in sorted({round(i * len(ranked) / (points - 1)) for i in range(points)}):
@@ -188,7 +190,7 @@ def choose(decoder, tokenizer, fmt: WeightFormat, goal: Goal,
     """The plan for `decoder` (fp32, left unchanged) on this target's format."""
     started = time.perf_counter()
     runner, groups, order, base_kl = _sensitivity(decoder, tokenizer, fmt, progress)
-    fixed_bytes = _fixed_bytes(decoder, groups) + fmt.overhead_bytes_per_layer * len(decoder.layers)
+    fixed_bytes = _fixed_bytes(decoder, groups, fmt)
     smallest = _size(groups, fmt, fixed_bytes)
     if goal.max_size_bytes is not None:
         if smallest > goal.max_size_bytes:
