@@ -157,6 +157,10 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+# Marks the config.json of every checkpoint written here: random weights write no text, so
+# validation's long-continuation check (validate.measure_continuations) does not apply.
+RANDOM_WEIGHTS = "mobilekit_random_weights"
+
 def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -222,7 +226,7 @@ def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0
         generator = torch.Generator().manual_seed(seed)
         state = {name: _random_tensor(shape, init_std, generator) for name, shape in shapes.items()}
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        (folder / "config.json").write_text(json.dumps({**config, RANDOM_WEIGHTS: True}, indent=2))
         if tokenizer:
             save_tiny_tokenizer(folder, config.get("vocab_size") or config["params_args_dict"]["vocab_size"])
         return folder
@@ -243,7 +247,7 @@ def make_tiny_checkpoint(folder: Path, config: dict | None = None, seed: int = 0
         cfg["architectures"] = config["architectures"]
     else:  # as Cerebras-GPT-2.7B's config.json: the family comes from model_type
         cfg.pop("architectures", None)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "config.json").write_text(json.dumps({**cfg, RANDOM_WEIGHTS: True}, indent=2))
     return folder
 
 
@@ -298,7 +302,7 @@ def make_random_checkpoint(folder: Path, config: dict, dtype: torch.dtype = torc
     else:
         cfg = dict(config)
     cfg["architectures"], cfg["torch_dtype"] = config["architectures"], str(dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "config.json").write_text(json.dumps({**cfg, RANDOM_WEIGHTS: True}, indent=2))
     save_tiny_tokenizer(folder, 512)
     return folder
 
