@@ -362,6 +362,14 @@ def test_bad_option(case_id, args, code, names, sentinel, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_max_size_below_the_smallest_plan(good_checkpoint, sentinel, tmp_path):
+    output = tmp_path / "bundle"
+    result = mobilekit("export", "--checkpoint", str(good_checkpoint), "--target", "executorch", "--quant", "auto",
+                       "--max-size", "1KB", "--max-seq-len", str(SEQ), "--output", str(output), cwd=tmp_path)
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, ["--max-size 0.0MB", "smallest mixed plan"],
+                 output, sentinel)
+
+
 def test_output_under_a_regular_file(good_checkpoint, sentinel, tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     output = tmp_path / "afile" / "sub" / "bundle"

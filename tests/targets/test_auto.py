@@ -40,8 +40,6 @@ def test_auto_bundle_records_its_plan_and_validates(auto_bundles, name):
 def test_onnx_matmuls_get_the_plans_bits(auto_bundles):
     import onnx
 
-    if "onnx" not in auto_bundles:
-        pytest.skip("the ONNX target is not installed")
     bundle = auto_bundles["onnx"]
     wanted = {f"decoder.{module}/MatMul": g["bits"] for g in bundle.manifest["quantization"]["groups"]
               for module in g["modules"]}
