@@ -33,7 +33,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/mobilekit generate $(DEMO_BUNDLE) "Write a short story about a robot learning to paint." --max-new-tokens 120
 
 test: install $(JVM_TOOLCHAIN)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup --durations=30
 
 test-fast: install $(JVM_TOOLCHAIN)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow"

@@ -337,8 +337,6 @@ OPTION_CASES = [
      ["could not fetch TinyLlama/TinyLlama-1.1B-Chat-v1.0"]),
     ("max-seq-len-not-a-number", ["export", "smollm2-135m", "--target", "onnx", "--max-seq-len", "lots"], 2,
      ["'lots' is not a valid integer"]),
-    ("auto-without-a-goal", ["export", "smollm2-135m", "--target", "onnx", "--quant", "auto"], 2,
-     ["--quant auto needs a goal", "--max-size"]),
     ("goal-without-auto", ["export", "smollm2-135m", "--target", "onnx", "--max-size", "90MB"], 2,
      ["--max-size and --max-ppl-increase", "--quant auto"]),
     ("max-size-not-a-size", ["export", "smollm2-135m", "--target", "onnx", "--quant", "auto", "--max-size", "big"],
@@ -360,6 +358,15 @@ def test_bad_option(case_id, args, code, names, sentinel, tmp_path):
     result = mobilekit(*args, cwd=tmp_path)
     assert_clean(result.returncode, result.stdout, result.stderr, code, names, output, sentinel)
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_without_a_goal(good_checkpoint, sentinel, tmp_path):
+    # A checkpoint folder has no recipe, so no [auto_goal] fills the goal in (smollm2-135m's recipe would).
+    output = tmp_path / "bundle"
+    result = mobilekit("export", "--checkpoint", str(good_checkpoint), "--target", "onnx", "--quant", "auto",
+                       "--output", str(output), cwd=tmp_path)
+    assert_clean(result.returncode, result.stdout, result.stderr, 2, ["--quant auto needs a goal", "--max-size"],
+                 output, sentinel)
 
 
 def test_max_size_below_the_smallest_plan(good_checkpoint, sentinel, tmp_path):
