@@ -229,7 +229,7 @@ def export(context: Context, options: ExportOptions, progress: Progress = lambda
     name = bundle.default_name(recipe.id if recipe else context.checkpoint.path.name, target.name, scheme)
     destination = Path(options.output) if options.output else Path("out") / name
 
-    quantize_while_loading = quantize.layer_quantizer(target.name, scheme)
+    quantize_while_loading = target.layer_quantizer(scheme)
     fp32_bytes = context.checkpoint.spec.num_parameters * 4
     # --quant auto also holds each planned weight at 4 and at 8 bits, dequantized (precision.py)
     factor = target.export_memory_factor + (2 if options.goal is not None else 0)

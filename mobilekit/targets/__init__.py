@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mobilekit.errors import BundleError, SchemeNotSupported, UnknownNameError
+from mobilekit import quantize
+from mobilekit.errors import BundleError, UnknownNameError
 from mobilekit.modeling import Decoder
 
 TARGET_MODULES = ("coreml", "executorch", "onnx")
@@ -60,29 +61,42 @@ class Target:
     """Base class; subclasses override the methods below."""
 
     name: str = ""
-    schemes: tuple[str, ...] = ()
     default_scheme: str = ""
     runtime: str = ""  # the runtime apps use, named in the manifest and in generate's output
     packages: tuple[str, ...] = ()  # whose versions the manifest records
     # Peak memory of exporting a whole fp32 decoder, as a multiple of its fp32 size (the
     # pipeline refuses what would not fit). Not used when the scheme quantizes layer by
-    # layer as the weights load (quantize.layer_quantizer).
+    # layer as the weights load (layer_quantizer).
     export_memory_factor: float = 3.0
 
     def check_available(self) -> None:
         """Raise TargetUnavailable if the converter or runtime is missing."""
 
+    # Schemes are the (target, scheme) quantizers the target's module registered
+    # (quantize.quantizer): asking for any other is SchemeNotSupported, never a fall-through.
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The schemes that need no goal: what the nightly matrix sweeps."""
+        return tuple(s for s in self.offered_schemes() if s not in quantize.GOAL_SCHEMES)
+
     def offered_schemes(self) -> tuple[str, ...]:
-        """`schemes` (what the nightly matrix sweeps), plus auto where the target has a
-        weight_format for it."""
-        return self.schemes + (("auto",) if type(self).weight_format is not Target.weight_format else ())
+        return quantize.schemes_of(self.name)
+
+    def quantizer(self, scheme: str) -> quantize.Quantizer:
+        return quantize.quantizer_for(self.name, scheme)
 
     def check_scheme(self, scheme: str) -> None:
-        if scheme not in self.offered_schemes():
-            raise SchemeNotSupported(
-                f"target {self.name} does not offer quant scheme {scheme!r}. It offers: "
-                f"{', '.join(self.offered_schemes())}"
-            )
+        self.quantizer(scheme)
+
+    def layer_quantizer(self, scheme: str) -> Callable | None:
+        """A function that quantizes part of the decoder in place as the checkpoint loads it
+        (Checkpoint.build_decoder's `prepare`: each layer as it completes, then the whole
+        decoder, whose embeddings and head are still in their stored dtype), or None where
+        the scheme's quantizer works on the whole exported model. This way a 12B model never
+        exists whole at fp32, nor does its 671M-entry embedding or head."""
+        chosen = self.quantizer(scheme)
+        return (lambda module: chosen.apply(module, scheme)) if chosen.layerwise else None
 
     def export(self, request: ExportRequest) -> Artefact:
         raise NotImplementedError

@@ -41,6 +41,7 @@ from torch import nn
 from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import GatedMLP, LayerNorm, PlainMLP, RMSNorm, gelu_tanh_elementwise, repeat_kv
+from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.mlpackage"
@@ -295,11 +296,10 @@ def quantization_config(scheme: str, program=None):
     return cto.OptimizationConfig(global_config=int4, op_name_configs=embedding_consts)
 
 
-def quantize_weights(mlmodel, scheme: str):
-    """The model with its weights quantized per `scheme` (unchanged for fp16 / fp32)."""
+@quantizer("coreml", "int8", "int4")
+def quantize_weights(mlmodel, scheme: str, plan=None):
+    """The model with its weights quantized per `scheme` (coremltools.optimize)."""
     config = quantization_config(scheme, getattr(mlmodel, "_mil_program", None))
-    if config is None:
-        return mlmodel
     import coremltools.optimize.coreml as cto
     import numpy as np
 
@@ -308,6 +308,9 @@ def quantize_weights(mlmodel, scheme: str):
     # exactly 0, as it should.
     with np.errstate(divide="ignore", invalid="ignore"):
         return cto.linear_quantize_weights(mlmodel, config)
+
+
+quantizer("coreml", "fp16", "fp32")(no_quantization)  # fp16 / fp32: the compute precision of the conversion
 
 
 # --- the I/O contract -------------------------------------------------------------------
@@ -553,7 +556,6 @@ def _dir_size(path: Path) -> int:
 
 class CoreMLTarget(Target):
     name = "coreml"
-    schemes = ("fp16", "fp32", "int8", "int4")
     default_scheme = "fp16"
     runtime = "Core ML (swift-transformers LanguageModelWithStatefulKVCache)"
     packages = ("coremltools", "torch")
@@ -645,7 +647,7 @@ class CoreMLTarget(Target):
         if request.scheme in QUANTIZED_DTYPE:
             request.progress(f"quantizing weights ({request.scheme})")
             try:
-                mlmodel = quantize_weights(mlmodel, request.scheme)
+                mlmodel = self.quantizer(request.scheme).apply(mlmodel, request.scheme)
             except Exception as e:
                 raise ExportError(f"coremltools weight quantization ({request.scheme}) failed: {e}") from e
         timings["quantize_s"] = time.perf_counter() - t0

@@ -18,6 +18,8 @@ from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.memory import release_free_memory
+from mobilekit.precision import WeightFormat
+from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.modeling.decoder import (
     GatedMLP,
@@ -352,9 +354,133 @@ def cache_notes(spec: DecoderSpec) -> dict:
     return notes
 
 
+# --- quantization: torchao source transforms applied before torch.export -----------------
+
+
+def _not_yet_quantized(module) -> bool:
+    return type(module.weight) in (torch.Tensor, torch.nn.Parameter) and module.weight.dtype.is_floating_point
+
+
+# Weights larger than this are quantized a block of rows at a time, from whatever dtype they
+# are stored in: quantizing a 12B model's 671M-entry head in one go takes several fp32 copies
+# of it (HQQ's working set), gigabytes a 24 GB machine no longer has once the layers are in.
+# Rows are independent in both layouts used here (per-row scales, groups of 32 within a row).
+ROW_CHUNK_ELEMENTS = 1 << 24
+
+
+def _quantize_module(module, config) -> None:
+    from torchao.quantization.quant_api import quantize_
+
+    weight = module.weight
+    if weight.numel() <= ROW_CHUNK_ELEMENTS:
+        module.weight = nn.Parameter(weight.float(), requires_grad=False)
+        quantize_(module, config, filter_fn=lambda m, _name: m is module)
+        return
+    rows = max(1, ROW_CHUNK_ELEMENTS // weight.shape[1])
+    parts = []
+    for start in range(0, weight.shape[0], rows):
+        with torch.device("meta"):
+            piece = (nn.Embedding(1, 1) if isinstance(module, nn.Embedding) else nn.Linear(1, 1, bias=False))
+        piece.weight = nn.Parameter(weight[start:start + rows].float(), requires_grad=False)
+        quantize_(piece, config, filter_fn=lambda m, _name: m is piece)
+        parts.append(piece.weight)
+    del weight, piece
+    # one quantized tensor again, of the same torchao class, as if quantized whole
+    kind = type(parts[0])
+    data = {name: torch.cat([getattr(p, name) for p in parts]) for name in kind.tensor_data_names}
+    attributes = {name: getattr(parts[0], name) for name in kind.tensor_attribute_names}
+    del parts
+    module.weight = nn.Parameter(kind(**data, **attributes), requires_grad=False)
+
+
+# Bits each kind of weight gets per scheme on ExecuTorch. int4 keeps the lm head at 8 bits
+# and stores the token embedding at 4 (quantized_decomposed::embedding_4bit): with HQQ
+# 4-bit heads the embedded SmolLM2 wrote "Once upona_d_m_d_s_s_s…" for a story prompt and
+# looped on plain text; the 8-bit head is paid for by the 4-bit embedding, same size
+# (README "Choosing int4 for ExecuTorch").
+# Keyed by a module's own name first (lm_head, GPT-2's learned embed_positions), then kind.
+EXECUTORCH_BITS = {
+    "int8": {"embedding": 8, "linear": 8, "lm_head": 8, "embed_positions": 8},
+    "int4": {"embedding": 4, "linear": 4, "lm_head": 8, "embed_positions": 8},
+}
+
+
+def executorch_config(kind: str, bits: int):
+    """The torchao config for one weight, in forms XNNPACK (linears, dynamic int8
+    activations) or ExecuTorch's quantized kernels (embeddings) run natively.
+
+    linear 8: 8da8w, per-channel. linear 4: 8da4w, groups of 32, HQQ-chosen scales.
+    embedding 8: per row. embedding 4: groups of 64 with fp32 scales (fp16 scales come out
+    of ExecuTorch 1.5.1's embedding_4bit kernel as garbage, measured on a tiny Llama; groups
+    of 32 would add 1.8 MB to SmolLM2, over its int4 size).
+
+    HQQ because of measurement on SmolLM2-135M (README, "Choosing int4"): with plain
+    round-to-nearest scales the int4 model degenerates into repetition and its perplexity
+    rises ~40%; HQQ scales, same size and kernel, ~19%."""
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.quantize_.workflows.intx.intx_choose_qparams_algorithm import (
+        IntxChooseQParamsAlgorithm,
+    )
+
+    if kind == "embedding":
+        if bits == 8:
+            return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(64))
+    if bits == 8:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(32),
+        intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY,
+    )
+
+
+@quantizer("executorch", "int8", "int4", layerwise=True)
+@quantizer("executorch", "auto")
+def quantize_for_executorch(module, scheme: str, plan: dict[str, int] | None = None) -> None:
+    """In place, with torchao (executorch_config), each weight at the bits EXECUTORCH_BITS
+    gives its kind under `scheme`, or that `plan` gives its name (--quant auto: names as in
+    the Decoder, `precision.Plan.bits()`). GPT-2's learned position table is an embedding
+    too. Biased linears keep an fp32 bias; a tied lm head is quantized as a linear, apart
+    from its embedding. Weights still in a 16-bit stored dtype are quantized from it (the
+    result computes in fp32), large ones in blocks of rows."""
+    root = next((m for m in module.modules() if isinstance(m, Decoder)), module)
+    names = {id(m): name for name, m in root.named_modules()}
+
+    def bits_of(sub, kind: str) -> int:
+        name = names.get(id(sub), "")
+        if plan is not None and name in plan:
+            return plan[name]
+        table = EXECUTORCH_BITS["int4" if plan is not None else scheme]  # what a plan leaves out
+        return table.get(name.split(".")[-1], table[kind])
+
+    # Embeddings first: a tied head shares the embedding's float weight until then.
+    # Modules quantized while loading (layer_quantizer) are skipped: quantizing is idempotent.
+    for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Linear, "linear")):
+        for sub in [m for m in module.modules() if isinstance(m, cls) and _not_yet_quantized(m)]:
+            _quantize_module(sub, executorch_config(kind, bits_of(sub, kind)))
+
+
+def executorch_weight_format():
+    """precision.WeightFormat of quantize_for_executorch: bytes as XNNPACK stores them
+    (bf16 block scales), int8 dynamic activations."""
+    def weight(module, kind: str, bits: int):
+        piece = nn.Embedding(1, 1) if kind == "embedding" else nn.Linear(1, 1, bias=False)
+        piece.weight = nn.Parameter(module.weight.detach().float().clone(), requires_grad=False)
+        _quantize_module(piece, executorch_config(kind, bits))
+        return piece.weight.dequantize().float()
+
+    # overhead: SmolLM2-135M's .pte came out 0.53 MB above the weights' bytes at two plans
+    return WeightFormat(weight, {("linear", 4): 0.5 + 2 / 32, ("linear", 8): 1.0,
+                                 ("embedding", 4): 0.5 + 4 / 64, ("embedding", 8): 1.0}, int8_activations=True,
+                        overhead_bytes_per_layer=18_000)
+
+
+quantizer("executorch", "fp32")(no_quantization)
+
+
 class ExecuTorchTarget(Target):
     name = "executorch"
-    schemes = ("fp32", "int8", "int4")
     default_scheme = "int4"
     runtime = "ExecuTorch TextLLMRunner"
     packages = ("executorch", "torch", "torchao")
@@ -371,8 +497,6 @@ class ExecuTorchTarget(Target):
         from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
         from torch.export import Dim
 
-        from mobilekit.quantize import quantize_for_executorch
-
         _load_custom_ops()
         self.check_scheme(request.scheme)
         spec = request.decoder.spec
@@ -382,7 +506,7 @@ class ExecuTorchTarget(Target):
 
         t0 = time.perf_counter()
         request.progress(f"quantizing ({request.scheme})")
-        quantize_for_executorch(module, request.scheme, request.plan)
+        self.quantizer(request.scheme).apply(module, request.scheme, request.plan)
         timings["quantize_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -449,8 +573,6 @@ class ExecuTorchTarget(Target):
         return Artefact(files=[MODEL_FILE], io=io, extra={"timings": timings, "backend": "XNNPACK"})
 
     def weight_format(self):
-        from mobilekit.quantize import executorch_weight_format
-
         return executorch_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):

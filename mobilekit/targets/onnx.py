@@ -35,6 +35,8 @@ from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.precision import WeightFormat
+from mobilekit.quantize import no_quantization, quantizer, quantizer_for
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.onnx"
@@ -359,11 +361,12 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     CPU provider lacks fp16 kernels for most of these ops and runs them in fp32 behind
     inserted casts; fp16 pays off on GPU/NPU providers and in file size. int8/int4 quantize
     the exported fp32 graph in memory with quantize_model before the only save (writing the
-    fp32 model and reading it back, as quantize_onnx does, cost ~4 s more on SmolLM2)."""
+    fp32 model and reading it back to quantize it cost ~4 s more on SmolLM2)."""
     from torch.export import Dim
 
     spec = decoder.spec
     timings = {}
+    chosen = quantizer_for("onnx", scheme)
     ops = _onnx_ops()
     if scheme == "fp16":
         decoder = copy.deepcopy(decoder).to(torch.float16)
@@ -414,15 +417,15 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     timings["optimize_s"] = time.perf_counter() - t0
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if scheme in NBITS or plan is not None:
+    if chosen.apply is not no_quantization:
         progress(f"quantizing ({scheme})")
         t0 = time.perf_counter()
-        model, facts = quantize_model(onnx_program.model_proto, scheme, plan=plan)
+        model, facts = chosen.apply(onnx_program.model_proto, scheme, plan=plan)
         timings["quantize_s"] = time.perf_counter() - t0
         progress("saving model.onnx")
         t0 = time.perf_counter()
         _save(model, path)
-    else:
+    else:  # saved straight from torch.onnx's in-memory IR, without a ModelProto copy
         facts = {"scheme": scheme}
         progress("saving model.onnx")
         t0 = time.perf_counter()
@@ -521,28 +524,26 @@ def _nbits_quantizer():
     return MatMulNBitsQuantizer
 
 
-def quantize_model(model, scheme: str, share_embedding: bool = True, plan: dict[str, int] | None = None):
+@quantizer("onnx", "int8", "int4", "auto")
+def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
     """Quantize an in-memory onnx.ModelProto (weights loaded); return (model, facts).
 
     int4 / int8: ONNX Runtime's MatMulNBitsQuantizer, symmetric blocks (NBITS), on every
     MatMul weight including the lm head, accuracy_level 4 (int8 activations inside the
     kernel: the CPU setting ONNX Runtime GenAI's builder uses; level 0 ran 8-bit ~10x slower).
-    A tied embedding is then read from the lm head's quantized blocks (GatherBlockQuantized)
-    unless share_embedding is False; an untied embedding stays fp32 (ONNX Runtime has no
+    A tied embedding is then read from the lm head's quantized blocks (GatherBlockQuantized);
+    an untied embedding stays fp32 (ONNX Runtime has no
     weight-only quantizer for a lone Gather). Measured on SmolLM2-135M int4: sharing takes
     model.onnx.data from 198 MB to 85 MB for top-1 agreement 0.600 -> 0.575 and perplexity
     30.07 -> 30.83 (reference 26.63), at the same decode speed.
-    fp32 / fp16: unchanged (fp16 is exported in fp16).
     auto: `plan` (decoder module name -> 4 or 8) — one 4-bit pass leaving out the 8-bit
     MatMuls (by the names _readable_names gave them), then an 8-bit pass over those; a tied
     embedding shares the lm head's blocks at the head's bits.
     """
     MatMulNBitsQuantizer = _nbits_quantizer()
     facts: dict = {"scheme": scheme}
-    if scheme in ("fp32", "fp16"):
-        return model, facts
-    if scheme not in NBITS and plan is None:
-        raise ExportError(f"no ONNX quantization for scheme {scheme!r}; known: {', '.join(NBITS)}")
+    if (plan is None) == (scheme == "auto"):
+        raise ExportError(f"the ONNX quantizer for scheme {scheme!r} was given {'no ' if plan is None else 'a '}plan")
     bits, block = NBITS["int4" if plan is not None else scheme]
     tied = _untie_lm_head(model)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
@@ -563,7 +564,7 @@ def quantize_model(model, scheme: str, share_embedding: bool = True, plan: dict[
     finally:
         log.setLevel(level)
     head_bits = 8 if "decoder.lm_head/MatMul" in eight_bit else bits
-    shared = bool(tied) and share_embedding and _share_embedding(model, tied, head_bits, block)
+    shared = bool(tied) and _share_embedding(model, tied, head_bits, block)
     bits = "4 and 8 (plan)" if plan is not None else bits
     facts.update(method="MatMulNBits", bits=bits, block_size=block, symmetric=True, accuracy_level=4,
                  quantized_matmuls=sum(n.op_type == "MatMulNBits" for n in model.graph.node),
@@ -576,8 +577,6 @@ def onnx_weight_format():
     block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
     embedding follows the head; an untied one stays fp32); activations are quantized inside
     the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
-    from mobilekit.precision import WeightFormat
-
     def weight(module, kind: str, bits: int):
         block = NBITS["int4" if bits == 4 else "int8"][1]
         w = module.weight.detach().float()
@@ -595,16 +594,7 @@ def onnx_weight_format():
                         overhead_bytes_per_layer=43_000)
 
 
-def quantize_onnx(path: Path, scheme: str, share_embedding: bool = True) -> dict:
-    """Quantize the saved model at `path` in place, keeping its external data file
-    (`path.data`); see quantize_model. Returns what was done."""
-    import onnx
-
-    if scheme in ("fp32", "fp16"):
-        return {"scheme": scheme}
-    model, facts = quantize_model(onnx.load(str(path), load_external_data=True), scheme, share_embedding)
-    _save(model, path)
-    return facts
+quantizer("onnx", "fp32", "fp16")(no_quantization)  # fp16 is exported in fp16 (export_onnx)
 
 
 def _save(model, path: Path) -> None:
@@ -747,7 +737,6 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
 
 class OnnxTarget(Target):
     name = "onnx"
-    schemes = ("fp32", "fp16", "int8", "int4")
     default_scheme = "int4"
     runtime = "ONNX Runtime GenAI"
     packages = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "torch")

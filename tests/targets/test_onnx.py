@@ -171,14 +171,17 @@ def test_every_matmul_weight_is_quantized(bundles, scheme, bits):
     assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
 
 
-def test_quantize_onnx_on_a_saved_model_matches_export(bundles, tmp_path):
-    """quantize_onnx rewrites a saved fp32 bundle in place, external data kept, into the
-    same model the export path quantizes in memory."""
-    from mobilekit.targets.onnx import quantize_onnx
+def test_quantizing_a_saved_model_matches_export(bundles, tmp_path):
+    """quantize_model over a saved fp32 bundle, rewritten in place with its external data,
+    gives the same model the export path quantizes in memory."""
+    import onnx
+
+    from mobilekit.targets.onnx import _save, quantize_model
 
     folder = tmp_path / "q"
     shutil.copytree(bundles["fp32"][0], folder)
-    facts = quantize_onnx(folder / "model.onnx", "int4")
+    model, facts = quantize_model(onnx.load(str(folder / "model.onnx"), load_external_data=True), "int4")
+    _save(model, folder / "model.onnx")
     assert facts["method"] == "MatMulNBits" and facts["bits"] == 4
     assert sorted(p.name for p in folder.glob("model.onnx*")) == ["model.onnx", "model.onnx.data"]
     ids = list(range(5, 25))

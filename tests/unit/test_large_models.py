@@ -4,7 +4,8 @@ quantizes each layer as it arrives, and what cannot fit is refused up front with
 import pytest
 import torch
 
-from mobilekit import checkpoint, pipeline, quantize
+from mobilekit import checkpoint, pipeline, quantize, targets
+from mobilekit.targets import executorch as et
 from mobilekit.errors import ExportError
 from mobilekit.tiny import TINY_CONFIGS, make_random_checkpoint, make_tiny_checkpoint
 
@@ -30,13 +31,13 @@ def test_layers_are_prepared_in_order_as_they_load(tiny_qwen2):
 
 
 def test_layer_quantizer_quantizes_everything_while_loading_and_only_once(tiny_qwen2):
-    assert quantize.layer_quantizer("onnx", "int4") is None
-    assert quantize.layer_quantizer("executorch", "fp32") is None
-    decoder = tiny_qwen2.build_decoder(prepare=quantize.layer_quantizer("executorch", "int4"))
+    assert targets.get("onnx").layer_quantizer("int4") is None
+    assert targets.get("executorch").layer_quantizer("fp32") is None
+    decoder = tiny_qwen2.build_decoder(prepare=targets.get("executorch").layer_quantizer("int4"))
     quantizable = [m for m in decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
-    assert not any(quantize._not_yet_quantized(m) for m in quantizable)  # head and embedding too
+    assert not any(et._not_yet_quantized(m) for m in quantizable)  # head and embedding too
     weights = [m.weight for m in quantizable]
-    quantize.quantize_for_executorch(decoder, "int4")
+    et.quantize_for_executorch(decoder, "int4")
     assert all(m.weight is w for m, w in zip(quantizable, weights))  # not quantized twice
 
 
@@ -48,9 +49,9 @@ def test_large_weights_quantized_in_row_blocks_equal_quantized_whole(kind, monke
     chunked.load_state_dict(whole.state_dict())
     chunked.weight = torch.nn.Parameter(chunked.weight.detach().to(torch.bfloat16), requires_grad=False)
     whole.weight = torch.nn.Parameter(whole.weight.detach().to(torch.bfloat16).float(), requires_grad=False)
-    quantize.quantize_for_executorch(whole, "int4")
-    monkeypatch.setattr(quantize, "ROW_CHUNK_ELEMENTS", 64 * 48)  # blocks of 48 rows, the last one short
-    quantize.quantize_for_executorch(chunked, "int4")
+    et.quantize_for_executorch(whole, "int4")
+    monkeypatch.setattr(et, "ROW_CHUNK_ELEMENTS", 64 * 48)  # blocks of 48 rows, the last one short
+    et.quantize_for_executorch(chunked, "int4")
     assert type(chunked.weight) is type(whole.weight) and chunked.weight.dtype == torch.float32
     for name in type(whole.weight).tensor_data_names:
         assert torch.equal(getattr(chunked.weight, name), getattr(whole.weight, name)), name
@@ -67,8 +68,8 @@ def test_random_checkpoint_has_the_hub_layout(tmp_path):
     assert decoder.layers[0].attention.q_proj.weight.dtype == torch.float32
     # quantized while loading: the bf16 embedding and head are quantized straight from bf16,
     # and what stays float (norms, biases) arrives in fp32
-    quantized = ckpt.build_decoder(prepare=quantize.layer_quantizer("executorch", "int4"))
-    assert not quantize._not_yet_quantized(quantized.embed_tokens)
+    quantized = ckpt.build_decoder(prepare=targets.get("executorch").layer_quantizer("int4"))
+    assert not et._not_yet_quantized(quantized.embed_tokens)
     assert quantized.embed_tokens.weight.dtype == quantized.lm_head.weight.dtype == torch.float32
     assert quantized.norm.weight.dtype == quantized.layers[0].attention.q_proj.bias.dtype == torch.float32
 

@@ -4,7 +4,7 @@ with ExecuTorch's weight format (the real torchao quantizers)."""
 import pytest
 import torch
 
-from mobilekit import precision, quantize
+from mobilekit import precision, quantize, targets
 from mobilekit.checkpoint import resolve
 from mobilekit.errors import ExportError
 
@@ -35,7 +35,7 @@ def tiny(tiny_llama_dir):
 
 def test_size_goal_is_met_and_spent_on_the_most_gain_per_byte(tiny):
     decoder, tokenizer = tiny
-    fmt = quantize.executorch_weight_format()
+    fmt = targets.get("executorch").weight_format()
     before = {n: p.clone() for n, p in decoder.state_dict().items()}
     everything = precision.choose(decoder, tokenizer, fmt, precision.Goal(max_size_bytes=10 ** 12))
     smallest, largest = precision.size_bounds(decoder, fmt)
@@ -60,7 +60,7 @@ def test_size_goal_is_met_and_spent_on_the_most_gain_per_byte(tiny):
 
 def test_quality_goal_promotes_until_met(tiny):
     decoder, tokenizer = tiny
-    fmt = quantize.executorch_weight_format()
+    fmt = targets.get("executorch").weight_format()
     loose = precision.choose(decoder, tokenizer, fmt, precision.Goal(max_ppl_increase_pct=900))
     assert all(g.bits == 4 for g in loose.groups)
     reachable = precision.choose(decoder, tokenizer, fmt, precision.Goal(max_size_bytes=10 ** 12))
