@@ -150,7 +150,6 @@ def schemes_of(target: str) -> tuple[str, ...]:
 
 def quantizer_for(target: str, scheme: str) -> Quantizer:
     if (target, scheme) not in QUANTIZERS:
-        get(scheme)  # an unknown name says so, with the known ones
         raise SchemeNotSupported(f"target {target} does not offer quant scheme {scheme!r}. It offers: "
                                  f"{', '.join(schemes_of(target))}")
     return QUANTIZERS[(target, scheme)]

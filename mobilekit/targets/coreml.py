@@ -28,7 +28,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import MethodType
@@ -39,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
+from mobilekit.lowering import stage, tanh_gelu_spelled_out
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import GatedMLP, LayerNorm, PlainMLP, RMSNorm, gelu_tanh_elementwise, repeat_kv
+from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
 from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
@@ -238,24 +238,6 @@ def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
     finally:
         for m in norms:
             del m.forward
-
-
-@contextmanager
-def elementwise_tanh_gelu(decoder: Decoder):
-    """Gemma's and Phi-2's tanh-GELU spelled out while the decoder is traced: torch.export
-    records gelu's `approximate="tanh"` as a keyword, which coremltools 9 does not read, so it
-    converted them as the exact-erf GELU (5e-4 off per element; found by the MIL evaluator).
-    In fp16 the x³ term overflows only where tanh is already ±1, so the limits stay right."""
-    swapped = [m for m in decoder.modules() if isinstance(m, (GatedMLP, PlainMLP))
-               and decoder.spec.activation == "gelu_tanh"]
-    originals = [m.act for m in swapped]
-    for m in swapped:
-        m.act = gelu_tanh_elementwise
-    try:
-        yield
-    finally:
-        for m, act in zip(swapped, originals):
-            m.act = act
 
 
 # --- quantization -----------------------------------------------------------------------
@@ -589,35 +571,26 @@ class CoreMLTarget(Target):
         module = CoreMLDecoder(request.decoder, seq).eval().requires_grad_(False)
         timings: dict[str, float] = {}
 
-        t0 = time.perf_counter()
-        request.progress("torch.export")
         # Export keeps T and past+T below the cache length: at == max_seq_len torch
         # specializes `cache[..., :end]` into a full view (guard `end != max_seq_len`). The
         # graph is the same slice for any end, so the Core ML inputs declare 1..max_seq_len.
         t_dim = Dim("T", min=1, max=seq - 1)
         end_dim = Dim("end", min=1, max=seq - 1)
         example = (torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 5))
-        try:
-            with torch.no_grad(), fp16_safe_norms(request.decoder, enabled=fp16), \
-                    elementwise_tanh_gelu(request.decoder):
-                program = torch.export.export(
-                    module, example, dynamic_shapes=({1: t_dim}, {2: t_dim, 3: end_dim}), strict=False
-                )
-        except ExportError:
-            raise
-        except Exception as e:
-            raise ExportError(f"torch.export of the Core ML decoder failed: {e}") from e
-        timings["torch_export_s"] = time.perf_counter() - t0
+        with stage(timings, "torch_export_s", request.progress, "torch.export",
+                   failing="torch.export of the Core ML decoder"), \
+                torch.no_grad(), fp16_safe_norms(request.decoder, enabled=fp16), \
+                tanh_gelu_spelled_out(request.decoder):
+            program = torch.export.export(
+                module, example, dynamic_shapes=({1: t_dim}, {2: t_dim, 3: end_dim}), strict=False
+            )
 
-        t0 = time.perf_counter()
-        request.progress("decompositions")
-        program = program.run_decompositions({})
-        timings["decompose_s"] = time.perf_counter() - t0
+        with stage(timings, "decompose_s", request.progress, "decompositions"):
+            program = program.run_decompositions({})
 
-        t0 = time.perf_counter()
-        request.progress(f"coremltools.convert ({COMPUTE_PRECISION[request.scheme]} compute)")
         cache_shape = tuple(getattr(module, KEY_CACHE).shape)
-        try:
+        with stage(timings, "convert_s", request.progress,
+                   f"coremltools.convert ({COMPUTE_PRECISION[request.scheme]} compute)", failing="coremltools.convert"):
             mlmodel = ct.convert(
                 program,
                 minimum_deployment_target=ct.target.iOS18,
@@ -639,18 +612,13 @@ class CoreMLTarget(Target):
                 # Core ML cannot compile on Linux; on macOS sessions load the saved package.
                 skip_model_load=True,
             )
-        except Exception as e:
-            raise ExportError(f"coremltools.convert failed: {type(e).__name__}: {e}") from e
-        timings["convert_s"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        if request.scheme in QUANTIZED_DTYPE:
-            request.progress(f"quantizing weights ({request.scheme})")
-            try:
-                mlmodel = self.quantizer(request.scheme).apply(mlmodel, request.scheme)
-            except Exception as e:
-                raise ExportError(f"coremltools weight quantization ({request.scheme}) failed: {e}") from e
-        timings["quantize_s"] = time.perf_counter() - t0
+        quantizer = self.quantizer(request.scheme)
+        quantizing = quantizer.apply is not no_quantization
+        with stage(timings, "quantize_s", request.progress,
+                   f"quantizing weights ({request.scheme})" if quantizing else None,
+                   failing=f"coremltools weight quantization ({request.scheme})"):
+            mlmodel = quantizer.apply(mlmodel, request.scheme)
 
         # Weights with no const of their own cannot be read back by name: those the
         # converter folded away (a norm weight of all ones, a bias of all zeros) and those
@@ -661,28 +629,25 @@ class CoreMLTarget(Target):
         shared = shared_weights(request.decoder, sources, missing, torch.float16 if fp16 else torch.float32)
         identity = identity_weights(request.decoder, [k for k in missing if k not in shared])
 
-        t0 = time.perf_counter()
-        request.progress("saving model.mlpackage")
-        mlmodel.short_description = f"mobilekit {request.scheme} decoder, stateful KV cache of {seq} tokens"
-        mlmodel.user_defined_metadata[METADATA_SCHEME] = request.scheme
-        mlmodel.user_defined_metadata[METADATA_MAX_SEQ_LEN] = str(seq)
-        mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
-        mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
-        mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
-        path = request.out_dir / MODEL_FILE
-        shutil.rmtree(path, ignore_errors=True)
-        mlmodel.save(str(path))
-        timings["save_s"] = time.perf_counter() - t0
+        with stage(timings, "save_s", request.progress, "saving model.mlpackage"):
+            mlmodel.short_description = f"mobilekit {request.scheme} decoder, stateful KV cache of {seq} tokens"
+            mlmodel.user_defined_metadata[METADATA_SCHEME] = request.scheme
+            mlmodel.user_defined_metadata[METADATA_MAX_SEQ_LEN] = str(seq)
+            mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
+            mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
+            mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
+            path = request.out_dir / MODEL_FILE
+            shutil.rmtree(path, ignore_errors=True)
+            mlmodel.save(str(path))
 
-        t0 = time.perf_counter()
-        request.progress("checking the saved package")
-        expected = {"layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
-                    "max_seq_len": seq, "vocab_size": spec.vocab_size, "sliding_window": sliding_window_layout(spec)}
-        try:
-            spec_check = check_spec(request.out_dir, request.scheme, expected)
-        except ValidationFailed as e:
-            raise ExportError(f"the converted model breaks the contract: {e}") from e
-        timings["spec_check_s"] = time.perf_counter() - t0
+        with stage(timings, "spec_check_s", request.progress, "checking the saved package"):
+            expected = {"layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
+                        "max_seq_len": seq, "vocab_size": spec.vocab_size,
+                        "sliding_window": sliding_window_layout(spec)}
+            try:
+                spec_check = check_spec(request.out_dir, request.scheme, expected)
+            except ValidationFailed as e:
+                raise ExportError(f"the converted model breaks the contract: {e}") from e
 
         return Artefact(
             files=[MODEL_FILE],

@@ -9,28 +9,19 @@ methods below, with names exactly as its C++ code looks them up.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from mobilekit.errors import ExportError, TargetUnavailable
+from mobilekit.errors import TargetUnavailable
+from mobilekit.lowering import replace_modules, spell_out_tanh_gelu, stage
 from mobilekit.memory import release_free_memory
 from mobilekit.precision import WeightFormat
 from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.modeling import Decoder, DecoderSpec
-from mobilekit.modeling.decoder import (
-    GatedMLP,
-    LayerNorm,
-    PlainMLP,
-    RMSNorm,
-    Rotary,
-    gelu_tanh_elementwise,
-    rotary_attention_factor,
-    rotary_inv_freq,
-)
+from mobilekit.modeling.decoder import LayerNorm, RMSNorm, Rotary, rotary_attention_factor, rotary_inv_freq
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 MODEL_FILE = "model.pte"
@@ -107,17 +98,17 @@ class MatmulRotary(nn.Module):
 def xnnpack_friendly(module: nn.Module, spec: DecoderSpec) -> None:
     """In place: swap the decoder's norms, rotaries and tanh-GELUs for forms XNNPACK
     delegates whole (and computes exactly)."""
-    for name, child in module.named_children():
+    def xnnpack_form(child: nn.Module) -> nn.Module | None:
         if isinstance(child, RMSNorm):
-            setattr(module, name, LinearMeanRMSNorm(child))
-        elif isinstance(child, LayerNorm):
-            setattr(module, name, LinearMeanLayerNorm(child))
-        elif isinstance(child, Rotary):
-            setattr(module, name, MatmulRotary(spec.head_dim, spec.rotary_width))
-        else:
-            if isinstance(child, (GatedMLP, PlainMLP)) and spec.activation == "gelu_tanh":
-                child.act = gelu_tanh_elementwise
-            xnnpack_friendly(child, spec)
+            return LinearMeanRMSNorm(child)
+        if isinstance(child, LayerNorm):
+            return LinearMeanLayerNorm(child)
+        if isinstance(child, Rotary):
+            return MatmulRotary(spec.head_dim, spec.rotary_width)
+        return None
+
+    replace_modules(module, xnnpack_form)
+    spell_out_tanh_gelu(module)
 
 
 def attention_plan(spec: DecoderSpec) -> list[str]:
@@ -504,52 +495,41 @@ class ExecuTorchTarget(Target):
         xnnpack_friendly(module, spec)
         timings = {}
 
-        t0 = time.perf_counter()
-        request.progress(f"quantizing ({request.scheme})")
-        self.quantizer(request.scheme).apply(module, request.scheme, request.plan)
-        timings["quantize_s"] = time.perf_counter() - t0
+        with stage(timings, "quantize_s", request.progress, f"quantizing ({request.scheme})"):
+            self.quantizer(request.scheme).apply(module, request.scheme, plan=request.plan)
 
-        t0 = time.perf_counter()
-        request.progress("torch.export")
         example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         seq = Dim("seq_len", min=1, max=request.max_seq_len - 1)
-        try:
-            with torch.no_grad():
-                program = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=False)
-        except Exception as e:
-            raise ExportError(f"torch.export of the ExecuTorch decoder failed: {e}") from e
-        timings["torch_export_s"] = time.perf_counter() - t0
+        with stage(timings, "torch_export_s", request.progress, "torch.export",
+                   failing="torch.export of the ExecuTorch decoder"), torch.no_grad():
+            program = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=False)
 
-        t0 = time.perf_counter()
         methods = constant_methods(request)
-        request.progress("lowering to XNNPACK")
-        with _lean_xnnpack_passes(), _partitions_share_weights():
+        with stage(timings, "lower_s", request.progress, "lowering to XNNPACK"), _lean_xnnpack_passes(), \
+                _partitions_share_weights():
             edge = to_edge_transform_and_lower(
                 program,
                 partitioner=[XnnpackPartitioner()],
                 compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
                 constant_methods=methods,
             )
-        timings["lower_s"] = time.perf_counter() - t0
         # XNNPACK now holds its own packed copy of every linear weight: free the torchao
         # tensors before serializing, or a 12B model's weights are held twice at the peak.
         del program, module
         request.decoder = None
         release_free_memory()
 
-        t0 = time.perf_counter()
-        request.progress("emitting .pte")
-        executorch_program = edge.to_executorch(
-            ExecutorchBackendConfig(
-                extract_delegate_segments=True,
-                do_quant_fusion_and_const_prop=True,
-                memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-                sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+        with stage(timings, "emit_s", request.progress, "emitting .pte"):
+            executorch_program = edge.to_executorch(
+                ExecutorchBackendConfig(
+                    extract_delegate_segments=True,
+                    do_quant_fusion_and_const_prop=True,
+                    memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+                    sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+                )
             )
-        )
-        with open(request.out_dir / MODEL_FILE, "wb") as f:
-            executorch_program.write_to_file(f)
-        timings["emit_s"] = time.perf_counter() - t0
+            with open(request.out_dir / MODEL_FILE, "wb") as f:
+                executorch_program.write_to_file(f)
 
         cache_shape = [1, request.max_seq_len, spec.num_kv_heads, spec.head_dim]
         io = {

@@ -20,13 +20,11 @@ MatMulNBits weight quantizer.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
+from mobilekit.lowering import modules_replaced, stage
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.precision import WeightFormat
 from mobilekit.quantize import no_quantization, quantizer, quantizer_for
@@ -193,26 +192,17 @@ class _OnnxRotary(nn.Module):
         return torch.ops.mobilekit_onnx.rotary(x, cos, sin)
 
 
-@contextlib.contextmanager
 def _onnx_modules(decoder: Decoder):
-    """Swap the decoder's norms and rotaries for the one-node forms while exporting; the
-    caller's decoder is restored afterwards."""
+    """The decoder with its norms and rotaries swapped for the one-node forms while
+    exporting; the caller's decoder is restored afterwards."""
     from mobilekit.modeling.decoder import RMSNorm, Rotary
 
-    swapped = []
-    for parent in decoder.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, RMSNorm):
-                swapped.append((parent, name, child))
-                setattr(parent, name, _OnnxRMSNorm(child))
-            elif isinstance(child, Rotary):
-                swapped.append((parent, name, child))
-                setattr(parent, name, _OnnxRotary())
-    try:
-        yield decoder
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
+    def onnx_form(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, RMSNorm):
+            return _OnnxRMSNorm(child)
+        return _OnnxRotary() if isinstance(child, Rotary) else None
+
+    return modules_replaced(decoder, onnx_form)
 
 
 def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtype) -> dict:
@@ -378,60 +368,45 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     dynamic = ({1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, [{2: Dim.DYNAMIC}] * (2 * n))
     example = _example_inputs(spec, dtype)
 
-    progress("torch.export")
-    t0 = time.perf_counter()
-    try:
-        with torch.no_grad(), _onnx_modules(decoder):
-            module = OnnxDecoder(decoder, max_seq_len).eval().requires_grad_(False)
-            program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
-    except Exception as e:
-        raise ExportError(f"torch.export of the ONNX decoder failed: {e}") from e
-    timings["torch_export_s"] = time.perf_counter() - t0
+    with stage(timings, "torch_export_s", progress, "torch.export", failing="torch.export of the ONNX decoder"), \
+            torch.no_grad(), _onnx_modules(decoder):
+        module = OnnxDecoder(decoder, max_seq_len).eval().requires_grad_(False)
+        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
 
-    progress("translating to ONNX (torch.onnx, dynamo)")
-    t0 = time.perf_counter()
     # Its op registry warns, on every export, that torchvision's ops are unavailable.
     registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     registry_level = registry_log.level
     registry_log.setLevel(logging.ERROR)
     try:
-        # Given an ExportedProgram, torch.onnx uses dynamic_shapes only to name the dims.
-        onnx_program = torch.onnx.export(
-            program, example, dynamo=True, dynamic_shapes=names, opset_version=OPSET,
-            custom_translation_table=ops["translations"],
-            input_names=["input_ids", "attention_mask", "position_ids", *past_names(n)],
-            output_names=["logits", *present_names(n)],
-            optimize=False, verbose=False,
-        )
-    except Exception as e:
-        raise ExportError(f"torch.onnx.export of the ONNX decoder failed: {e}") from e
+        with stage(timings, "onnx_translate_s", progress, "translating to ONNX (torch.onnx, dynamo)",
+                   failing="torch.onnx.export of the ONNX decoder"):
+            # Given an ExportedProgram, torch.onnx uses dynamic_shapes only to name the dims.
+            onnx_program = torch.onnx.export(
+                program, example, dynamo=True, dynamic_shapes=names, opset_version=OPSET,
+                custom_translation_table=ops["translations"],
+                input_names=["input_ids", "attention_mask", "position_ids", *past_names(n)],
+                output_names=["logits", *present_names(n)],
+                optimize=False, verbose=False,
+            )
     finally:
         registry_log.setLevel(registry_level)
-    timings["onnx_translate_s"] = time.perf_counter() - t0
 
-    progress("optimizing the ONNX graph")
-    t0 = time.perf_counter()
-    _light_optimize(onnx_program.model)
-    _readable_names(onnx_program.model)
-    _name_dims(onnx_program.model)
-    timings["optimize_s"] = time.perf_counter() - t0
+    with stage(timings, "optimize_s", progress, "optimizing the ONNX graph"):
+        _light_optimize(onnx_program.model)
+        _readable_names(onnx_program.model)
+        _name_dims(onnx_program.model)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if chosen.apply is not no_quantization:
-        progress(f"quantizing ({scheme})")
-        t0 = time.perf_counter()
-        model, facts = chosen.apply(onnx_program.model_proto, scheme, plan=plan)
-        timings["quantize_s"] = time.perf_counter() - t0
-        progress("saving model.onnx")
-        t0 = time.perf_counter()
-        _save(model, path)
+        with stage(timings, "quantize_s", progress, f"quantizing ({scheme})"):
+            model, facts = chosen.apply(onnx_program.model_proto, scheme, plan=plan)
+        with stage(timings, "save_s", progress, "saving model.onnx"):
+            _save(model, path)
     else:  # saved straight from torch.onnx's in-memory IR, without a ModelProto copy
         facts = {"scheme": scheme}
-        progress("saving model.onnx")
-        t0 = time.perf_counter()
-        _remove(path)
-        onnx_program.save(str(path), external_data=True)
-    timings["save_s"] = time.perf_counter() - t0
+        with stage(timings, "save_s", progress, "saving model.onnx"):
+            _remove(path)
+            onnx_program.save(str(path), external_data=True)
     return timings, facts
 
 

@@ -4,7 +4,7 @@ with ExecuTorch's weight format (the real torchao quantizers)."""
 import pytest
 import torch
 
-from mobilekit import precision, quantize, targets
+from mobilekit import precision, targets
 from mobilekit.checkpoint import resolve
 from mobilekit.errors import ExportError
 

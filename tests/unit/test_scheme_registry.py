@@ -30,7 +30,7 @@ def test_an_unregistered_pair_is_an_error_not_a_fall_through():
         targets.get("coreml").quantizer("auto")
     with pytest.raises(SchemeNotSupported, match="target executorch does not offer quant scheme 'fp16'"):
         targets.get("executorch").quantizer("fp16")
-    with pytest.raises(UnknownNameError, match="Unknown quant scheme 'int3'"):
+    with pytest.raises(SchemeNotSupported, match="target onnx does not offer quant scheme 'int3'. It offers: fp32, "):
         targets.get("onnx").quantizer("int3")
 
 
@@ -136,3 +136,36 @@ def test_keep_failed_writes_the_bundle_marked_failed(broken_target, tiny_llama_d
     manifest = json.loads((result.path / "mobilekit.json").read_text())
     assert manifest["validation"]["performed"] is True and manifest["validation"]["passed"] is False
     assert (result.path / "model.bin").exists() and (result.path / "tokenizer.json").exists()
+
+
+def test_the_lowering_kit_swaps_modules_and_restores_them(tiny_llama_dir):
+    from torch import nn
+
+    from mobilekit.checkpoint import resolve
+    from mobilekit.lowering import modules_replaced, replace_modules
+    from mobilekit.modeling.decoder import RMSNorm
+
+    decoder = resolve(str(tiny_llama_dir)).build_decoder()
+    norms = [m for m in decoder.modules() if isinstance(m, RMSNorm)]
+    with modules_replaced(decoder, lambda m: nn.Identity() if isinstance(m, RMSNorm) else None):
+        assert not any(isinstance(m, RMSNorm) for m in decoder.modules())
+    assert [m for m in decoder.modules() if isinstance(m, RMSNorm)] == norms
+    swapped = replace_modules(decoder, lambda m: nn.Identity() if isinstance(m, RMSNorm) else None)
+    assert len(swapped) == len(norms) and not any(isinstance(m, RMSNorm) for m in decoder.modules())
+
+
+def test_a_stage_times_and_names_the_failing_step():
+    from mobilekit.errors import ExportError
+    from mobilekit.lowering import stage
+
+    timings, said = {}, []
+    with stage(timings, "step_s", said.append, "stepping"):
+        pass
+    assert said == ["stepping"] and timings["step_s"] >= 0
+    with pytest.raises(ExportError, match="torch.export of the toy decoder failed: RuntimeError: boom"):
+        with stage(timings, "fail_s", said.append, "failing", failing="torch.export of the toy decoder"):
+            raise RuntimeError("boom")
+    assert "fail_s" not in timings
+    with pytest.raises(ExportError, match="^ours$"):  # mobilekit's own errors pass through unchanged
+        with stage(timings, "ours_s", said.append, None, failing="anything"):
+            raise ExportError("ours")
