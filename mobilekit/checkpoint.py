@@ -58,20 +58,6 @@ SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 # with torch.load(weights_only=True).
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
-# GGUF `general.architecture` -> the HF architecture transformers' GGUF loader builds.
-GGUF_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-    "gemma3": "Gemma3ForCausalLM",
-    "phi3": "Phi3ForCausalLM",
-    "gpt2": "GPT2LMHeadModel",
-    "stablelm": "StableLmForCausalLM",
-    "gptneox": "GPTNeoXForCausalLM",
-}
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint resolved to a local HF folder (config, weights, tokenizer)."""
@@ -801,12 +787,12 @@ def _cache_gguf(path: Path, folder: Path) -> None:
     arch = header.architecture
     if arch is None:
         raise CheckpointError(f"{path} is not a readable GGUF file (no general.architecture); re-download it")
-    hf_arch = GGUF_ARCHITECTURES.get(arch)
-    supported = families.supported_architectures()
-    if hf_arch not in supported:
+    supported = families.gguf_architectures()  # each family lists the GGUF names it reads
+    hf_arch = supported.get(arch)
+    if hf_arch is None:
         raise UnsupportedArchitectureError(
             f"{path.name} is a GGUF of architecture {arch!r}, which mobilekit does not support. "
-            f"Supported GGUF architectures: {', '.join(a for a, h in GGUF_ARCHITECTURES.items() if h in supported)}"
+            f"Supported GGUF architectures: {', '.join(supported)}"
         )
     # transformers fills what a GGUF's metadata lacks with its config class's defaults (a 7B
     # Llama): without the sizes and the tensors, it would build that instead of failing

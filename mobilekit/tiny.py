@@ -10,145 +10,13 @@ from pathlib import Path
 
 import torch
 
-TINY_LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "hidden_act": "silu",
-}
+from mobilekit import families
+from mobilekit.families import llama
+from mobilekit.families._tiny import shrink_transformers_layout
 
-# Qwen2: q/k/v biases, no o_proj bias, tied embeddings, rope theta 1e6.
-TINY_QWEN2 = {
-    **TINY_LLAMA,
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-    "use_sliding_window": False,
-}
-
-# Phi-3: fused qkv and gate_up projections, LongRoPE (original context 64 of 256).
-TINY_PHI3 = {
-    **TINY_LLAMA,
-    "architectures": ["Phi3ForCausalLM"],
-    "model_type": "phi3",
-    "num_key_value_heads": 4,
-    "original_max_position_embeddings": 64,
-    "rope_scaling": {
-        "type": "longrope",
-        "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
-        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0],
-    },
-    "sliding_window": None,
-    "pad_token_id": 0,
-}
-
-_TINY_IDS = {"vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_position_embeddings": 256}
-_TINY_SHAPE = {**_TINY_IDS, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-               "num_attention_heads": 4}
-
-# Gemma 2: sandwich (1 + w) norms, embedding scale, softcaps small enough to bite on random
-# weights, query_pre_attn_scalar != head_dim, a 16-token window on layers 0 and 2.
-TINY_GEMMA2 = {
-    **_TINY_SHAPE, "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
-    "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 16,
-    "attn_logit_softcapping": 3.0, "final_logit_softcapping": 5.0, "rms_norm_eps": 1e-6,
-    "hidden_activation": "gelu_pytorch_tanh",
-}
-
-# Gemma 3: + q/k norms, MQA, head_dim 32 (H*hd != d), local/global rotary bases, 2:1 sliding.
-TINY_GEMMA3 = {
-    **_TINY_SHAPE, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-    "num_key_value_heads": 1, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 16,
-    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-    "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
-    "rms_norm_eps": 1e-6,
-}
-
-# GPT-NeoX: interleaved fused qkv, 25% rotary (4 of 16 lanes), parallel residual, exact gelu.
-TINY_GPT_NEOX = {
-    **_TINY_SHAPE, "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-    "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True,
-    "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
-}
-
-# GPT-2: Conv1D weights, learned positions, exact gelu (Cerebras-GPT), tied head.
-TINY_GPT2 = {
-    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 512, "n_embd": 64,
-    "n_layer": 3, "n_head": 4, "n_positions": 256, "activation_function": "gelu",
-    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "layer_norm_epsilon": 1e-5,
-}
-
-# Phi-2: one shared LayerNorm, parallel attention + MLP, 50% rotary, lm_head bias, gelu_new.
-TINY_PHI = {
-    **_TINY_SHAPE, "architectures": ["PhiForCausalLM"], "model_type": "phi", "num_key_value_heads": 4,
-    "hidden_act": "gelu_new", "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
-}
-
-# StableLM: LayerNorms with bias, 25% rotary, q/k/v biases on, gated silu MLP.
-TINY_STABLELM = {
-    **_TINY_SHAPE, "architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "num_key_value_heads": 2,
-    "hidden_act": "silu", "partial_rotary_factor": 0.25, "use_qkv_bias": True, "layer_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-
-# The families transformers lacks, in their checkpoints' own config.json schemas; the same
-# dicts as tests/reference/*.TINY_CONFIG (a test keeps them equal). Every in_features is a
-# multiple of 32, so the int4 schemes' blocks of 32 apply unchanged.
-
-# MiniCPM: every muP scale away from 1 (embedding x12, residual x1.4/sqrt(3), logits / (64/32)),
-# GQA 4/2, tied head.
-TINY_MINICPM = {
-    **{k: TINY_LLAMA[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "bos_token_id", "eos_token_id",
-                                  "rope_theta", "hidden_act", "num_attention_heads", "num_key_value_heads")},
-    "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "num_hidden_layers": 3,
-    "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_scaling": None,
-    "scale_emb": 12, "dim_model_base": 32, "scale_depth": 1.4, "tie_word_embeddings": True,
-}
-
-# OpenELM: layer-wise scaling, query heads 2/4/4/4, kv heads 1/2/2/2 (MQA then GQA), FFN
-# 32/128/192/256; per-head q/k norms; shared embeddings. ffn_multipliers and the head lists
-# stored expanded, as the hub's config.json files store them.
-TINY_OPENELM = {
-    "architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "vocab_size": 512, "max_context_length": 256,
-    "num_transformer_layers": 4, "model_dim": 64, "head_dim": 16, "num_gqa_groups": 2,
-    "qkv_multipliers": [0.5, 1.0], "ffn_multipliers": [0.5, 1.67, 2.83, 4.0], "ffn_with_glu": True,
-    "ffn_dim_divisor": 32, "activation_fn_name": "swish", "normalization_layer_name": "rms_norm",
-    "normalize_qk_projections": True, "share_input_output_layers": True, "rope_freq_constant": 10000,
-    "rope_max_length": 512, "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2,
-    "num_query_heads": [2, 4, 4, 4], "num_kv_heads": [1, 2, 2, 2],
-}
-
-# open_lm (DCLM-1B's flat schema): gain-only LayerNorms, QK LayerNorm over the full width,
-# fused in_proj and w12, untied head.
-TINY_OPEN_LM = {
-    "architectures": ["OpenLMForCausalLM"], "model_type": "openlm", "dim": 64, "n_layers": 3, "n_heads": 4,
-    "vocab_size": 512, "norm_eps": 1e-5, "seq_len": 256, "post_embed_norm": False, "weight_tying": False,
-    "norm_type": "gain_only_lp_layer_norm", "apply_qk_norm": True, "qk_norm": True,
-    "positional_embedding_type": "rotary", "ffn_type": "swiglu_torch", "attn_name": "torch_attn",
-    "attn_activation": None, "moe_freq": 0,
-}
-
-# One tiny config per family, every quirk of that family switched on (tests iterate over it).
-TINY_CONFIGS = {
-    "llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "phi3": TINY_PHI3, "phi": TINY_PHI, "gemma2": TINY_GEMMA2,
-    "gemma3": TINY_GEMMA3, "gpt_neox": TINY_GPT_NEOX, "gpt2": TINY_GPT2, "stablelm": TINY_STABLELM,
-    "minicpm": TINY_MINICPM, "openelm": TINY_OPENELM, "open_lm": TINY_OPEN_LM,
-}
+# Each family's tiny config is its Family.tiny_config (every quirk of the family switched on;
+# tests iterate over families.names()). A tiny Llama is the default tiny model.
+TINY_LLAMA = llama.TINY_CONFIG
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -191,8 +59,6 @@ def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
 
 def _shapes_without_transformers(config: dict) -> dict | None:
     """{name: shape} of a family transformers cannot build (its Family.checkpoint_shapes), else None."""
-    from mobilekit import families
-
     family = families.for_architecture(config.get("architectures"), config.get("model_type"))
     return family.checkpoint_shapes(config) if family.hf_reference_class is None else None
 
@@ -328,56 +194,5 @@ def recipe_tiny_config(recipe) -> dict:
     config = dict(recipe.config)
     eos = config.get("eos_token_id")
     config.update(_TINY_IDS_ONLY, eos_token_id=[2, 3] if isinstance(eos, list) else 2)
-    return _TINY_SHRINKERS.get(recipe.family, _shrink_transformers_layout)(config)
-
-
-def _shrink_transformers_layout(config: dict) -> dict:
-    heads = config.get("num_attention_heads", 4)
-    kv_heads = config.get("num_key_value_heads") or heads
-    hidden = config["hidden_size"]
-    # a head_dim that differs from hidden/heads (Gemma, Mistral Nemo) stays different
-    odd_head_dim = "head_dim" in config and config["head_dim"] * heads != hidden
-    head_dim = 32 if odd_head_dim else 16
-    tiny = {
-        **config, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": max(1, 4 * kv_heads // heads), "max_position_embeddings": 256,
-        # Gemma 3: at least one global layer among the sliding ones
-        "num_hidden_layers": max(3, config.get("sliding_window_pattern") or (6 if config["model_type"] == "gemma3_text" else 3)),
-    }
-    if "head_dim" in config:
-        tiny["head_dim"] = head_dim
-    if config.get("sliding_window"):
-        tiny["sliding_window"] = 16
-    if config.get("query_pre_attn_scalar"):  # Gemma: the same ratio to head_dim
-        tiny["query_pre_attn_scalar"] = config["query_pre_attn_scalar"] * head_dim // config.get("head_dim", hidden // heads)
-    if config.get("dim_model_base"):  # MiniCPM's muP width ratio, not 1
-        tiny["dim_model_base"] = 32
-    if config.get("original_max_position_embeddings"):  # Phi-3 LongRoPE: long factors apply past 64
-        tiny["original_max_position_embeddings"] = 64
-    scaling = config.get("rope_scaling")
-    if isinstance(scaling, dict) and scaling.get("original_max_position_embeddings"):  # Llama 3.1's remap
-        scaling = tiny["rope_scaling"] = {**scaling, "original_max_position_embeddings": 64}
-    if isinstance(scaling, dict) and "long_factor" in scaling:
-        # one factor per rotary frequency: resample to the tiny head's head_dim / 2
-        step = len(scaling["long_factor"]) / (head_dim // 2)
-        tiny["rope_scaling"] = {**scaling, **{key: [scaling[key][int(i * step)] for i in range(head_dim // 2)]
-                                              for key in ("long_factor", "short_factor")}}
-    return tiny
-
-
-def _shrink_gpt2(config: dict) -> dict:
-    return {**config, "n_embd": 64, "n_layer": 3, "n_head": 4, "n_positions": 256,
-            "n_inner": None if config.get("n_inner") is None else 256}
-
-
-def _shrink_openelm(config: dict) -> dict:
-    sizes = ("num_transformer_layers", "model_dim", "head_dim", "num_gqa_groups", "qkv_multipliers", "ffn_multipliers",
-             "ffn_dim_divisor", "num_query_heads", "num_kv_heads", "max_context_length", "rope_max_length")
-    return {**config, **{key: TINY_OPENELM[key] for key in sizes}}
-
-
-def _shrink_open_lm(config: dict) -> dict:
-    return {**config, **{key: TINY_OPEN_LM[key] for key in ("dim", "n_layers", "n_heads", "seq_len")}}
-
-
-_TINY_SHRINKERS = {"gpt2": _shrink_gpt2, "openelm": _shrink_openelm, "open_lm": _shrink_open_lm}
+    shrink = families.get(recipe.family).shrink_to_tiny or shrink_transformers_layout
+    return shrink(config)

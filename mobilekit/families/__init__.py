@@ -1,37 +1,56 @@
 """Family registry: one module per architecture family, claimed by HF `architectures` strings.
 
 A family maps a checkpoint's config to a DecoderSpec and its weight names to the
-decoder's, and nothing else.
+decoder's, and nothing else. Each family module ends with one `register(Family(...))` call
+carrying every fact about it; the registry is whatever those calls add, found by importing
+every module of this package (`_helpers` with a leading underscore are skipped). So a new
+family is one new module here (plus its recipes): nothing else lists families.
+
+Nothing here or in a family module imports torch at import time: `mobilekit list`, `info`
+and recipe checks read the registry without it. Family modules import torch inside the
+functions that compute with tensors.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
-from dataclasses import dataclass
-from typing import Callable, Mapping
-
-import torch
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from mobilekit.errors import CheckpointError, UnknownNameError, UnsupportedArchitectureError
-from mobilekit.modeling.spec import DecoderSpec
 
-# Registry key = module stem. Kept as a literal list so nothing heavy is imported until asked.
-FAMILY_MODULES = ("llama", "qwen2", "phi3", "phi", "gemma2", "gemma3", "gpt_neox", "gpt2", "stablelm",
-                  "minicpm", "openelm", "open_lm")
+if TYPE_CHECKING:
+    import torch
+
+    from mobilekit.modeling.spec import DecoderSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Family:
+    """Every per-family fact. Registry key = `name` = the module's file stem = CLI value."""
+
     name: str
+    # HF config.json `architectures` strings the family claims
     architectures: tuple[str, ...]
     spec_from_config: Callable[[Mapping], DecoderSpec]
     convert_weights: Callable[[Mapping[str, torch.Tensor], DecoderSpec], dict[str, torch.Tensor]]
+    # A tiny config.json of the family, every quirk switched on (mobilekit.tiny builds random
+    # checkpoints of it; tests/families run every family on it).
+    tiny_config: Mapping
+    # A recipe's real config.json -> the same architecture at tiny size (mobilekit.tiny.
+    # recipe_tiny_config, `matrix --checkpoint-mode tiny`). None: the families' shared
+    # shrinker for transformers-style keys (hidden_size, num_hidden_layers, ...).
+    shrink_to_tiny: Callable[[dict], dict] | None = None
     # Builds the transformers reference model from a config dict, or None when
-    # transformers has no implementation of the family.
+    # transformers has no implementation of the family (then tests/reference/<name>.py is
+    # its independent eager reference, and exports compare against the decoder itself).
     hf_reference_class: str | None = None
     # model_type values claimed when a config.json has no `architectures` (Cerebras-GPT-2.7B)
     model_types: tuple[str, ...] = ()
+    # GGUF `general.architecture` -> the HF architecture transformers' GGUF loader builds from it
+    gguf_architectures: Mapping[str, str] = field(default_factory=dict)
     # Families transformers lacks: {weight name: shape} exactly as the checkpoints store them,
     # from a config.json (what mobilekit.tiny randomizes, since transformers cannot build them).
     checkpoint_shapes: Callable[[Mapping], dict[str, tuple[int, ...]]] | None = None
@@ -39,18 +58,53 @@ class Family:
     tokenizer_hint: str = ""
 
 
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add `family` to the registry (called once, at the end of its module). An architecture,
+    model_type or GGUF name claimed by two families is refused: lookups would depend on order."""
+    if family.name in _REGISTRY:
+        raise ValueError(f"family {family.name!r} is registered twice")
+    for other in _REGISTRY.values():
+        for what in ("architectures", "model_types", "gguf_architectures"):
+            shared = set(getattr(family, what)) & set(getattr(other, what))
+            if shared:
+                raise ValueError(f"families {other.name!r} and {family.name!r} both claim {what} {sorted(shared)}")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def _registry() -> dict[str, Family]:
+    """Import every family module of the package (each registers itself on first import)."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("_"):
+            continue
+        importlib.import_module(f"{__name__}.{module.name}")
+        if module.name not in _REGISTRY:
+            raise ValueError(f"mobilekit/families/{module.name}.py registers no family named {module.name!r} "
+                             "(the registry key is the module's file stem)")
+    return _REGISTRY
+
+
 def names() -> list[str]:
-    return list(FAMILY_MODULES)
+    """Every family, sorted (the CLI's choices and tables list them in this order)."""
+    return sorted(_registry())
 
 
 def get(name: str) -> Family:
-    if name not in FAMILY_MODULES:
+    registry = _registry()
+    if name not in registry:
         raise UnknownNameError("family", name, names())
-    return importlib.import_module(f"mobilekit.families.{name}").FAMILY
+    return registry[name]
+
+
+def all_families() -> list[Family]:
+    return [get(name) for name in names()]
 
 
 def supported_architectures() -> dict[str, str]:
-    return {arch: fam.name for fam in map(get, names()) for arch in fam.architectures}
+    return {arch: fam.name for fam in all_families() for arch in fam.architectures}
 
 
 def for_architecture(architectures: list[str] | None, model_type: str | None = None) -> Family:
@@ -59,13 +113,18 @@ def for_architecture(architectures: list[str] | None, model_type: str | None = N
         if arch in table:
             return get(table[arch])
     if not architectures and model_type:
-        for family in map(get, names()):
+        for family in all_families():
             if model_type in family.model_types:
                 return family
     raise UnsupportedArchitectureError(
         f"No mobilekit family supports architectures {architectures}. "
         f"Supported: {', '.join(sorted(table))}"
     )
+
+
+def gguf_architectures() -> dict[str, str]:
+    """{GGUF `general.architecture`: the HF architecture transformers builds from it}, sorted."""
+    return dict(sorted((gguf, hf) for fam in all_families() for gguf, hf in fam.gguf_architectures.items()))
 
 
 def hf_config(config: Mapping) -> dict:

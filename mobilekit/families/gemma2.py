@@ -8,14 +8,16 @@ decoder's plain RMSNorm computes Gemma's norm.
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import (Family, activation, core_shape, hf_config, rename, rope_parameters,
+from mobilekit.families import (Family, activation, core_shape, hf_config, register, rename, rope_parameters,
                                 require_default_rope)
+from mobilekit.families._tiny import TINY_SHAPE
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
@@ -71,11 +73,22 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return out
 
 
-FAMILY = Family(
+# Sandwich (1 + w) norms, embedding scale, softcaps small enough to bite on random weights,
+# query_pre_attn_scalar != head_dim, a 16-token window on layers 0 and 2.
+TINY_CONFIG = {
+    **TINY_SHAPE, "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+    "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 16,
+    "attn_logit_softcapping": 3.0, "final_logit_softcapping": 5.0, "rms_norm_eps": 1e-6,
+    "hidden_activation": "gelu_pytorch_tanh",
+}
+
+register(Family(
     name="gemma2",
     architectures=("Gemma2ForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
     model_types=("gemma2",),
-)
+    gguf_architectures={"gemma2": "Gemma2ForCausalLM"},
+))

@@ -7,13 +7,14 @@ MLP, biases everywhere, tied head. Cerebras-GPT uses exact gelu, GPT-2/LaMini ge
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, rename
+from mobilekit.families import Family, activation, register, rename
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
@@ -58,6 +59,8 @@ _CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # stored [in, out]
 
 
 def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    import torch
+
     out = {}
     d = spec.hidden_size
     for name, tensor in state.items():
@@ -78,11 +81,27 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return out
 
 
-FAMILY = Family(
+# Conv1D weights, learned positions, exact gelu (Cerebras-GPT), tied head.
+TINY_CONFIG = {
+    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 512, "n_embd": 64,
+    "n_layer": 3, "n_head": 4, "n_positions": 256, "activation_function": "gelu",
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "layer_norm_epsilon": 1e-5,
+}
+
+
+def shrink_to_tiny(config: dict) -> dict:
+    return {**config, "n_embd": 64, "n_layer": 3, "n_head": 4, "n_positions": 256,
+            "n_inner": None if config.get("n_inner") is None else 256}
+
+
+register(Family(
     name="gpt2",
     architectures=("GPT2LMHeadModel",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
+    shrink_to_tiny=shrink_to_tiny,
     hf_reference_class="AutoModelForCausalLM",
     model_types=("gpt2",),
-)
+    gguf_architectures={"gpt2": "GPT2LMHeadModel"},
+))

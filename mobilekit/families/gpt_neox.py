@@ -7,12 +7,14 @@ every projection, untied head (embed_out, renamed lm_head by transformers 5).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
-
-from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, register, rename
+from mobilekit.families._tiny import TINY_SHAPE
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
@@ -60,11 +62,20 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return out
 
 
-FAMILY = Family(
+# Interleaved fused qkv, 25% rotary (4 of 16 lanes), parallel residual, exact gelu.
+TINY_CONFIG = {
+    **TINY_SHAPE, "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+    "hidden_act": "gelu", "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True,
+    "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+register(Family(
     name="gpt_neox",
     architectures=("GPTNeoXForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
     model_types=("gpt_neox",),
-)
+    gguf_architectures={"gptneox": "GPTNeoXForCausalLM"},
+))

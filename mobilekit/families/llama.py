@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, core_shape
+from mobilekit.families import Family, core_shape, register
 from mobilekit.modeling.spec import DecoderSpec, Llama3RopeScaling
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _rope_scaling(config: Mapping) -> Llama3RopeScaling | None:
@@ -72,10 +73,31 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return out
 
 
-FAMILY = Family(
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
+
+register(Family(
     name="llama",
     architectures=("LlamaForCausalLM", "MistralForCausalLM"),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
-)
+    gguf_architectures={"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"},
+))

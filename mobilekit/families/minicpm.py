@@ -13,7 +13,7 @@ import math
 from typing import Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, llama
+from mobilekit.families import Family, llama, register
 from mobilekit.modeling.spec import DecoderSpec
 
 # ref: configuration_minicpm.py defaults (ARCHITECTURES.md §12): the key absent or null means these.
@@ -67,12 +67,25 @@ def checkpoint_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-FAMILY = Family(
+# The checkpoint's own config.json schema, the same dict as tests/reference/minicpm.TINY_CONFIG
+# (a test keeps them equal). Every muP scale away from 1 (embedding x12, residual
+# x1.4/sqrt(3), logits / (64/32)), GQA 4/2, tied head.
+TINY_CONFIG = {
+    **{k: llama.TINY_CONFIG[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "bos_token_id",
+                                         "eos_token_id", "rope_theta", "hidden_act", "num_attention_heads",
+                                         "num_key_value_heads")},
+    "architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "num_hidden_layers": 3,
+    "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_scaling": None,
+    "scale_emb": 12, "dim_model_base": 32, "scale_depth": 1.4, "tie_word_embeddings": True,
+}
+
+register(Family(
     name="minicpm",
     architectures=("MiniCPMForCausalLM",),
     spec_from_config=spec_from_config,
     # Llama's names; a tied checkpoint that still carries lm_head.weight has it dropped there.
     convert_weights=llama.convert_weights,
+    tiny_config=TINY_CONFIG,
     model_types=("minicpm",),
     checkpoint_shapes=checkpoint_shapes,
-)
+))

@@ -10,13 +10,14 @@ ones), which spell the norm kind `norm_type` / `model_norm` and the QK norm `app
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, rename
+from mobilekit.families import Family, register, rename
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 ROPE_THETA = 10000.0  # ref: open_lm positional_embedding/rotary.py (not configurable)
 # norm kind -> (DecoderSpec.norm, norm_bias); ref: open_lm norms.py. "lp" variants differ only
@@ -162,16 +163,36 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
 def _check_inv_freq(name: str, tensor: torch.Tensor, head_dim: int) -> None:
     # The decoder computes its own frequencies (theta 10000); a file whose stored buffer
     # says otherwise is a model this port would run wrongly. rtol covers a bf16 copy.
+    import torch
+
     want = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     if tensor.shape != want.shape or not torch.allclose(tensor.float(), want, rtol=1e-2, atol=0):
         raise CheckpointError(f"{name} is not the rotary frequencies of theta {ROPE_THETA:g} over head_dim {head_dim}")
 
 
-FAMILY = Family(
+# DCLM-1B's flat schema, the same dict as tests/reference/open_lm.TINY_CONFIG (a test keeps
+# them equal): gain-only LayerNorms, QK LayerNorm over the full width, fused in_proj and w12,
+# untied head.
+TINY_CONFIG = {
+    "architectures": ["OpenLMForCausalLM"], "model_type": "openlm", "dim": 64, "n_layers": 3, "n_heads": 4,
+    "vocab_size": 512, "norm_eps": 1e-5, "seq_len": 256, "post_embed_norm": False, "weight_tying": False,
+    "norm_type": "gain_only_lp_layer_norm", "apply_qk_norm": True, "qk_norm": True,
+    "positional_embedding_type": "rotary", "ffn_type": "swiglu_torch", "attn_name": "torch_attn",
+    "attn_activation": None, "moe_freq": 0,
+}
+
+
+def shrink_to_tiny(config: dict) -> dict:
+    return {**config, **{key: TINY_CONFIG[key] for key in ("dim", "n_layers", "n_heads", "seq_len")}}
+
+
+register(Family(
     name="open_lm",
     architectures=("OpenLMForCausalLM", "OpenLMModel"),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
+    shrink_to_tiny=shrink_to_tiny,
     model_types=("openlm",),
     checkpoint_shapes=checkpoint_shapes,
-)
+))

@@ -10,13 +10,14 @@ Read from the checkpoint's own config.json; its remote code is never run.
 from __future__ import annotations
 
 from numbers import Number
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, activation, layer_index, rename
+from mobilekit.families import Family, activation, layer_index, register, rename
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 NORM_EPS = 1e-6  # ref: modeling_openelm.py OpenELMRMSNorm(eps=1e-6), used for every norm
 
@@ -132,6 +133,8 @@ _RENAMES = {
 
 
 def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    import torch
+
     out = {}
     for name, tensor in state.items():
         if name.startswith("transformer.classifier."):  # built but unused by the remote model (unshared heads)
@@ -159,12 +162,38 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return out
 
 
-FAMILY = Family(
+# The checkpoint's own config.json schema, the same dict as tests/reference/openelm.TINY_CONFIG
+# (a test keeps them equal). Layer-wise scaling, query heads 2/4/4/4, kv heads 1/2/2/2 (MQA
+# then GQA), FFN 32/128/192/256; per-head q/k norms; shared embeddings. ffn_multipliers and
+# the head lists stored expanded, as the hub's config.json files store them. Every
+# in_features is a multiple of 32, so the int4 schemes' blocks of 32 apply unchanged.
+TINY_CONFIG = {
+    "architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "vocab_size": 512, "max_context_length": 256,
+    "num_transformer_layers": 4, "model_dim": 64, "head_dim": 16, "num_gqa_groups": 2,
+    "qkv_multipliers": [0.5, 1.0], "ffn_multipliers": [0.5, 1.67, 2.83, 4.0], "ffn_with_glu": True,
+    "ffn_dim_divisor": 32, "activation_fn_name": "swish", "normalization_layer_name": "rms_norm",
+    "normalize_qk_projections": True, "share_input_output_layers": True, "rope_freq_constant": 10000,
+    "rope_max_length": 512, "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2,
+    "num_query_heads": [2, 4, 4, 4], "num_kv_heads": [1, 2, 2, 2],
+}
+_SIZE_KEYS = ("num_transformer_layers", "model_dim", "head_dim", "num_gqa_groups", "qkv_multipliers",
+              "ffn_multipliers", "ffn_dim_divisor", "num_query_heads", "num_kv_heads", "max_context_length",
+              "rope_max_length")
+
+
+def shrink_to_tiny(config: dict) -> dict:
+    # the tiny config's whole layer-wise scaling replaces the recipe's: sizes only, switches kept
+    return {**config, **{key: TINY_CONFIG[key] for key in _SIZE_KEYS}}
+
+
+register(Family(
     name="openelm",
     architectures=("OpenELMForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
+    shrink_to_tiny=shrink_to_tiny,
     model_types=("openelm",),
     checkpoint_shapes=checkpoint_shapes,
     tokenizer_hint=TOKENIZER_HINT,
-)
+))

@@ -6,13 +6,15 @@ projection including the lm head, plain gelu_new MLP.
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, register, rename
+from mobilekit.families._tiny import TINY_SHAPE
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
@@ -45,11 +47,18 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
             if not (name == "lm_head.weight" and spec.tie_word_embeddings)}
 
 
-FAMILY = Family(
+# Phi-2: one shared LayerNorm, parallel attention + MLP, 50% rotary, lm_head bias, gelu_new.
+TINY_CONFIG = {
+    **TINY_SHAPE, "architectures": ["PhiForCausalLM"], "model_type": "phi", "num_key_value_heads": 4,
+    "hidden_act": "gelu_new", "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+register(Family(
     name="phi",
     architectures=("PhiForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
     model_types=("phi",),
-)
+))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, llama
+from mobilekit.families import Family, llama, register
 from mobilekit.modeling.spec import DecoderSpec, LongRopeScaling
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _longrope(config: Mapping, head_dim: int) -> LongRopeScaling | None:
@@ -51,6 +52,8 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
 
 
 def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dict[str, torch.Tensor]:
+    import torch
+
     q_rows, kv_rows = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
     split = {}
     for name, tensor in state.items():
@@ -67,10 +70,28 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     return llama.convert_weights(split, spec)
 
 
-FAMILY = Family(
+# Fused qkv and gate_up projections, LongRoPE (original context 64 of 256).
+TINY_CONFIG = {
+    **llama.TINY_CONFIG,
+    "architectures": ["Phi3ForCausalLM"],
+    "model_type": "phi3",
+    "num_key_value_heads": 4,
+    "original_max_position_embeddings": 64,
+    "rope_scaling": {
+        "type": "longrope",
+        "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0],
+    },
+    "sliding_window": None,
+    "pad_token_id": 0,
+}
+
+register(Family(
     name="phi3",
     architectures=("Phi3ForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
-)
+    gguf_architectures={"phi3": "Phi3ForCausalLM"},
+))

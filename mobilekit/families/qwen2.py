@@ -9,8 +9,7 @@ import dataclasses
 from typing import Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family
-from mobilekit.families import llama
+from mobilekit.families import Family, llama, register
 from mobilekit.modeling.spec import DecoderSpec
 
 
@@ -25,10 +24,23 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     return dataclasses.replace(base, qkv_bias=True, output_bias=False)
 
 
-FAMILY = Family(
+# q/k/v biases, no o_proj bias, tied embeddings, rope theta 1e6.
+TINY_CONFIG = {
+    **llama.TINY_CONFIG,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+}
+
+register(Family(
     name="qwen2",
     architectures=("Qwen2ForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=llama.convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
-)
+    gguf_architectures={"qwen2": "Qwen2ForCausalLM"},
+))

@@ -6,13 +6,15 @@ optional q/k/v biases; use_parallel_residual shares one norm between attention a
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from mobilekit.errors import CheckpointError
-from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, rename
+from mobilekit.families import Family, hf_config, layer_norm_rotary_fields, register, rename
+from mobilekit.families._tiny import TINY_SHAPE
 from mobilekit.modeling.spec import DecoderSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def spec_from_config(config: Mapping) -> DecoderSpec:
@@ -37,11 +39,20 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
             if not name.endswith("rotary_emb.inv_freq") and not (name == "lm_head.weight" and spec.tie_word_embeddings)}
 
 
-FAMILY = Family(
+# LayerNorms with bias, 25% rotary, q/k/v biases on, gated silu MLP.
+TINY_CONFIG = {
+    **TINY_SHAPE, "architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "num_key_value_heads": 2,
+    "hidden_act": "silu", "partial_rotary_factor": 0.25, "use_qkv_bias": True, "layer_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+register(Family(
     name="stablelm",
     architectures=("StableLmForCausalLM",),
     spec_from_config=spec_from_config,
     convert_weights=convert_weights,
+    tiny_config=TINY_CONFIG,
     hf_reference_class="AutoModelForCausalLM",
     model_types=("stablelm",),
-)
+    gguf_architectures={"stablelm": "StableLmForCausalLM"},
+))

@@ -1,4 +1,4 @@
-"""Every family on a tiny random config with all its quirks switched on (mobilekit.tiny.TINY_CONFIGS):
+"""Every family on a tiny random config with all its quirks switched on (each Family.tiny_config):
 stage 1 (decoder vs transformers eager, fp32) and stage 2 on every target at fp32 and int4.
 Families transformers lacks (MiniCPM, OpenELM, open_lm) use the independent eager references
 in tests/reference instead of transformers, in both stages."""
@@ -14,15 +14,17 @@ from mobilekit import checkpoint, families, pipeline, targets
 from mobilekit.errors import CheckpointError
 from mobilekit.modeling import EagerDecoder
 from mobilekit.runtime.eager import EagerSession
-from mobilekit.tiny import TINY_BUDGETS, TINY_CONFIGS, TINY_PHI3, TINY_QWEN2, make_tiny_checkpoint
+from mobilekit.tiny import TINY_BUDGETS, make_tiny_checkpoint
 
 # Phi-3's LongRoPE is exact up to its original context (64); every other tiny model
 # exports 128 tokens, past its 16-token sliding windows.
 SEQ_LEN = {"phi3": 64}
 
 
-def test_every_family_has_a_tiny_config():
-    assert sorted(TINY_CONFIGS) == sorted(families.names())
+def test_every_tiny_config_is_claimed_by_its_family():
+    for name in families.names():
+        config = families.get(name).tiny_config
+        assert families.for_architecture(config["architectures"], config["model_type"]).name == name
 
 
 def independent_reference(name: str, folder) -> pipeline.ReferenceSource | None:
@@ -35,10 +37,10 @@ def independent_reference(name: str, folder) -> pipeline.ReferenceSource | None:
                                     lambda _dtype: ReferenceLM(reference_for(folder, name), config))
 
 
-@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
+@pytest.fixture(scope="module", params=families.names())
 def family(request, tmp_path_factory):
     name = request.param
-    folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), TINY_CONFIGS[name])
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), families.get(name).tiny_config)
     context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128), TINY_BUDGETS,
                                     reference=independent_reference(name, folder))
     return name, folder, context
@@ -75,15 +77,15 @@ def test_every_target_within_budget(family, tmp_path, target, scheme):
 def test_qwen2_biases_and_refused_sliding_window():
     from mobilekit.families.qwen2 import spec_from_config
 
-    spec = spec_from_config(TINY_QWEN2)
+    spec = spec_from_config(families.get("qwen2").tiny_config)
     assert spec.qkv_bias and not spec.output_bias and spec.tie_word_embeddings
     with pytest.raises(CheckpointError, match="use_sliding_window"):
-        spec_from_config({**TINY_QWEN2, "use_sliding_window": True, "sliding_window": 16})
+        spec_from_config({**families.get("qwen2").tiny_config, "use_sliding_window": True, "sliding_window": 16})
 
 
 def test_phi3_longrope_context_is_bounded(tmp_path):
     from mobilekit.errors import ExportError
 
-    folder = make_tiny_checkpoint(tmp_path / "phi3", TINY_PHI3)
+    folder = make_tiny_checkpoint(tmp_path / "phi3", families.get("phi3").tiny_config)
     with pytest.raises(ExportError, match="exceeds the model's context of 64 tokens"):
         pipeline.make_context(None, str(folder), 128)

@@ -24,24 +24,26 @@ from __future__ import annotations
 
 import importlib
 import json
+import pkgutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-# family name (as mobilekit.families will register it) -> reference module
-MODULES = {"minicpm": "minicpm", "openelm": "openelm", "open_lm": "open_lm"}
+# One reference module per family transformers lacks, named as the family (its mobilekit
+# module's stem); found by listing this package, as mobilekit.families finds its modules.
+MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("test_"))
 
 
 def module(family: str):
     """The reference module of `family`."""
     if family not in MODULES:
         raise KeyError(f"no reference for family {family!r}; references: {', '.join(MODULES)}")
-    return importlib.import_module(f"{__name__}.{MODULES[family]}")
+    return importlib.import_module(f"{__name__}.{family}")
 
 
 def tiny_configs() -> dict[str, dict]:
-    """{family: its TINY_CONFIG}: what mobilekit.tiny.TINY_CONFIGS should hold for these families."""
+    """{family: its TINY_CONFIG}: what each of these families registers as its Family.tiny_config."""
     return {family: module(family).TINY_CONFIG for family in MODULES}
 
 

@@ -9,10 +9,10 @@ import torch
 
 from pathlib import Path
 
-from reference import (ReferenceLM, load_checkpoint, minicpm, module, open_lm, openelm, reference_for,
+from reference import (MODULES, ReferenceLM, load_checkpoint, minicpm, module, open_lm, openelm, reference_for,
                        save_checkpoint, tiny_configs)
 
-FAMILIES = ["minicpm", "openelm", "open_lm"]
+FAMILIES = MODULES
 VOCAB = 512
 
 

@@ -352,9 +352,10 @@ def config_documents() -> dict[str, dict]:
     """name -> a valid config.json: every family's tiny config, every recipe's stored [config]
     and its tiny-sized copy."""
     from mobilekit import recipes
-    from mobilekit.tiny import TINY_CONFIGS, recipe_tiny_config
+    from mobilekit import families
+    from mobilekit.tiny import recipe_tiny_config
 
-    docs = {f"tiny-{family}": dict(config) for family, config in TINY_CONFIGS.items()}
+    docs = {f"tiny-{name}": dict(families.get(name).tiny_config) for name in families.names()}
     for recipe in recipes.all_recipes():
         if recipe.config:
             docs[f"recipe-{recipe.id}"] = dict(recipe.config)

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mobilekit import bundle, recipes
+from mobilekit import bundle, families, recipes
 from mobilekit.errors import BundleError, MobilekitError
-from mobilekit.families import FAMILY_MODULES
 
 from .parser_mutations import (dumps, leaves_of, mutated_bytes, mutated_json, mutated_toml,
                                safetensors_files, source_strings)
@@ -113,12 +112,10 @@ CONFIG_VALUES = leaves_of(*CONFIGS.values())
 
 
 def _family_of(doc: dict) -> str:
-    from mobilekit import families
-
     return families.for_architecture(doc.get("architectures"), doc.get("model_type")).name
 
 
-@pytest.mark.parametrize("family", FAMILY_MODULES)
+@pytest.mark.parametrize("family", families.names())
 @FUZZ
 @given(data=st.data())
 def test_config(ws, family, data):

@@ -378,14 +378,14 @@ def test_fp16_safe_norms_cover_every_norm_and_refuse_a_changed_norm(monkeypatch)
 
 @pytest.fixture(scope="module")
 def tiny_family(tmp_path_factory):
-    from mobilekit import checkpoint
-    from mobilekit.tiny import TINY_CONFIGS, make_tiny_checkpoint
+    from mobilekit import checkpoint, families
+    from mobilekit.tiny import make_tiny_checkpoint
 
     made = {}
 
     def build(name):
         if name not in made:
-            folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), TINY_CONFIGS[name])
+            folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), families.get(name).tiny_config)
             made[name] = checkpoint.resolve(str(folder))
         return made[name]
 

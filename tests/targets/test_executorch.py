@@ -105,9 +105,9 @@ def _random_decoder(family: str, seed: int = 0):
 
     from mobilekit import families
     from mobilekit.modeling import Decoder
-    from mobilekit.tiny import TINY_CONFIGS
 
-    spec = families.get(family).spec_from_config(TINY_CONFIGS[family])
+    registered = families.get(family)
+    spec = registered.spec_from_config(registered.tiny_config)
     torch.manual_seed(seed)
     decoder = Decoder(spec).eval().requires_grad_(False)
     for param in decoder.parameters():

@@ -346,14 +346,15 @@ FEATURE_FAMILIES = ["gemma2", "gemma3", "gpt_neox", "phi", "stablelm", "gpt2"]
 def family_bundles(tmp_path_factory):
     """family_bundles(family, scheme) -> (checkpoint, bundle folder, artefact), exported once
     with a 64-token context (tiny windows are 16 tokens)."""
-    from mobilekit.tiny import TINY_CONFIGS, make_tiny_checkpoint
+    from mobilekit import families
+    from mobilekit.tiny import make_tiny_checkpoint
 
     made = {}
 
     def get(family, scheme="fp32"):
         if (family, scheme) not in made:
             root = tmp_path_factory.mktemp(f"{family}-{scheme}")
-            ckpt = checkpoint.resolve(str(make_tiny_checkpoint(root / "checkpoint", TINY_CONFIGS[family])))
+            ckpt = checkpoint.resolve(str(make_tiny_checkpoint(root / "checkpoint", families.get(family).tiny_config)))
             made[family, scheme] = (ckpt, *export_bundle(ckpt, scheme, root / "bundle", max_seq_len=64))
         return made[family, scheme]
 

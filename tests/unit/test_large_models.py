@@ -7,12 +7,13 @@ import torch
 from mobilekit import checkpoint, pipeline, quantize, targets
 from mobilekit.targets import executorch as et
 from mobilekit.errors import ExportError
-from mobilekit.tiny import TINY_CONFIGS, make_random_checkpoint, make_tiny_checkpoint
+from mobilekit.families.qwen2 import TINY_CONFIG as TINY_QWEN2
+from mobilekit.tiny import make_random_checkpoint, make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_qwen2(tmp_path_factory):
-    return checkpoint.resolve(str(make_tiny_checkpoint(tmp_path_factory.mktemp("q"), TINY_CONFIGS["qwen2"])))
+    return checkpoint.resolve(str(make_tiny_checkpoint(tmp_path_factory.mktemp("q"), TINY_QWEN2)))
 
 
 def test_layers_are_prepared_in_order_as_they_load(tiny_qwen2):
@@ -60,7 +61,7 @@ def test_large_weights_quantized_in_row_blocks_equal_quantized_whole(kind, monke
 
 
 def test_random_checkpoint_has_the_hub_layout(tmp_path):
-    folder = make_random_checkpoint(tmp_path / "r", TINY_CONFIGS["qwen2"], shard_bytes=40_000)
+    folder = make_random_checkpoint(tmp_path / "r", TINY_QWEN2, shard_bytes=40_000)
     assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
     ckpt = checkpoint.resolve(str(folder))
     assert ckpt.stored_dtype == torch.bfloat16
@@ -85,7 +86,7 @@ def test_a_model_too_large_for_memory_is_refused_with_the_fix(tiny_qwen2, monkey
 
 
 def test_reference_falls_back_to_the_stored_16_bit_dtype(tmp_path, monkeypatch):
-    folder = make_random_checkpoint(tmp_path / "r", TINY_CONFIGS["qwen2"])
+    folder = make_random_checkpoint(tmp_path / "r", TINY_QWEN2)
     context = pipeline.make_context(None, str(folder), 64)
     assert context.reference_dtype == torch.float32
     fp32_bytes = context.checkpoint.spec.num_parameters * 4
@@ -95,7 +96,7 @@ def test_reference_falls_back_to_the_stored_16_bit_dtype(tmp_path, monkeypatch):
 
 
 def test_stage1_in_bf16_passes_its_budget(tmp_path, monkeypatch):
-    folder = make_random_checkpoint(tmp_path / "r", TINY_CONFIGS["qwen2"])
+    folder = make_random_checkpoint(tmp_path / "r", TINY_QWEN2)
     context = pipeline.make_context(None, str(folder), 64)
     monkeypatch.setattr(pipeline, "total_memory", lambda: int(context.checkpoint.spec.num_parameters * 4 / 0.6))
     stage1 = context.stage1(lambda _m: None)
