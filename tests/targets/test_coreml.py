@@ -136,7 +136,7 @@ def test_unsupported_scheme_raises(context, tmp_path):
         target.check_scheme("int2")
     request = ExportRequest(decoder=context.checkpoint.build_decoder(), scheme="bf16", max_seq_len=MAX_SEQ_LEN,
                             bos_id=None, eos_ids=[], out_dir=tmp_path)
-    with pytest.raises(SchemeNotSupported, match="It offers: fp16, fp32, int8, int4"):
+    with pytest.raises(SchemeNotSupported, match="It offers: fp32, fp16, int8, int4"):
         target.export(request)
 
 
