@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from mobilekit.errors import RecipeError, UnknownNameError
+from mobilekit.precision import WeightFormat
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,6 @@ def executorch_weight_format():
     """precision.WeightFormat of quantize_for_executorch: bytes as XNNPACK stores them
     (bf16 block scales), int8 dynamic activations."""
     from torch import nn
-
-    from mobilekit.precision import WeightFormat
 
     def weight(module, kind: str, bits: int):
         piece = nn.Embedding(1, 1) if kind == "embedding" else nn.Linear(1, 1, bias=False)

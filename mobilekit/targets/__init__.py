@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mobilekit.errors import BundleError, SchemeNotSupported, UnknownNameError
-from mobilekit.modeling import Decoder
+from mobilekit.runtime import GenerationResult
+
+if TYPE_CHECKING:  # the registry stays importable without torch (`mobilekit list`, `--help`)
+    from mobilekit.modeling import Decoder
 
 TARGET_MODULES = ("coreml", "executorch", "onnx")
 
@@ -41,19 +45,6 @@ class Artefact:
     files: list[str]
     io: dict  # inputs / outputs / cache names and shapes, the contract apps rely on
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class GenerationResult:
-    """One generation through the app runtime, with its timings."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    time_to_first_token_s: float
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    runtime: str
 
 
 class Target:
@@ -88,8 +79,6 @@ class Target:
         raise NotImplementedError
 
     def runtime_versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
         versions = {}
         for package in self.packages:
             try:
