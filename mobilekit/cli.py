@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from mobilekit import bundle, chat as chat_format, interrupt, precision, quantize, targets
+from mobilekit import bundle, chat as chat_format, interrupt, quantize, targets
 from mobilekit.errors import (EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_VALIDATION,
                               CheckpointError, MobilekitError, ResourceError, ValidationFailed)
 from mobilekit.files import cache_dir
@@ -332,7 +332,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
             raise click.UsageError("--max-size and --max-ppl-increase choose --quant auto's precision; add --quant auto")
         if max_ppl_increase is not None and not (0 < max_ppl_increase < 1000):
             raise click.UsageError(f"--max-ppl-increase {max_ppl_increase:g} must be a percentage above 0, e.g. 5")
-        goal = precision.Goal(precision.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
+        goal = quantize.Goal(quantize.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
     elif quant in quantize.GOAL_SCHEMES and not all(recipe and recipe.goal_for(name) for name in names):
         raise click.UsageError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase "
                                "PERCENT (e.g. 5); the recipe gives none for this target")

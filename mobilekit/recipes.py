@@ -18,7 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
 
-from mobilekit import families, precision, quantize, targets
+from mobilekit import families, quantize, targets
 from mobilekit.checkpoint_config import spec_from_config
 from mobilekit.errors import CheckpointError, RecipeError, UnknownNameError
 
@@ -105,7 +105,7 @@ class Recipe:
                 )
 
     def goal_for(self, target: str):
-        """[auto_goal.TARGET] as a precision.Goal, or None."""
+        """[auto_goal.TARGET] as a quantize.Goal, or None."""
         table = self.auto_goal.get(target)
         if table is None:
             return None
@@ -113,7 +113,7 @@ class Recipe:
             raise RecipeError(f"recipe {self.id}: [auto_goal.{target}] must name a target and hold one of "
                               "max_size = \"110MB\" or max_ppl_increase = 5")
         try:
-            return precision.Goal(precision.parse_size(table["max_size"]) if "max_size" in table else None,
+            return quantize.Goal(quantize.parse_size(table["max_size"]) if "max_size" in table else None,
                                   table.get("max_ppl_increase"))
         except Exception as e:
             raise RecipeError(f"recipe {self.id}: [auto_goal.{target}]: {e}") from e

@@ -97,7 +97,7 @@ class Target:
         raise NotImplementedError
 
     def weight_format(self):
-        """precision.WeightFormat of this target's quantizer, for --quant auto; None where
+        """quantize.WeightFormat of this target's quantizer, for --quant auto; None where
         the target does not offer it."""
         return None
 

@@ -39,7 +39,7 @@ from mobilekit.formats.onnx import (ATTENTION_MASK, DATA_FILE, GENAI_CONFIG, INP
                                     present_names)
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import RMSNorm, Rotary
-from mobilekit.precision import WeightFormat
+from mobilekit.quantize import WeightFormat
 from mobilekit.runtime.onnx import OnnxSession, genai_generate, genai_greedy
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
@@ -560,7 +560,7 @@ def quantize_model(model, scheme: str, share_embedding: bool = True, plan: dict[
 
 
 def onnx_weight_format():
-    """precision.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
+    """quantize.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
     block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
     embedding follows the head; an untied one stays fp32); activations are quantized inside
     the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
