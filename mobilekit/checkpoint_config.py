@@ -1,6 +1,6 @@
 """A checkpoint's config.json: reading it, and the DecoderSpec it describes through its
-family. Torch-free, so that recipes (their stored [config]) and `mobilekit info` resolve
-specs without loading any weights code (mobilekit.checkpoint builds on it)."""
+family. Apart from mobilekit.checkpoint (weights, tokenizers, GGUF; torch) so that recipes
+(their stored [config]) and `mobilekit info` resolve specs with the families alone."""
 
 from __future__ import annotations
 

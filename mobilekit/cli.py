@@ -28,8 +28,8 @@ TARGET_CHOICES = [*targets.names(), "all"]
 
 # The modules the commands work through, imported when a command runs: the one lazy import
 # path in mobilekit (everything else imports at the top), so that `mobilekit --help` loads
-# neither torch nor the recipes and families, and `list` and `info` load no torch. A command
-# names the modules it needs by these keys.
+# neither torch nor the recipes and families, and `list` and `info` none of the export
+# machinery. A command names the modules it needs by these keys.
 COMMAND_MODULES = {
     "recipes": "mobilekit.recipes",  # list, info, export
     "families": "mobilekit.families",  # list, info

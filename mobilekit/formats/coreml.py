@@ -51,6 +51,9 @@ MASKED_VALUE = float(np.finfo(np.float16).min)
 MASKED = MASKED_VALUE  # the name the runtime and its tests use
 
 
+# --- reading a saved package ---------------------------------------------------------------
+
+
 def load_program(path: Path):
     """(MIL program, Model spec) of a saved .mlpackage; works without the Core ML runtime."""
     import coremltools as ct
@@ -91,6 +94,8 @@ def compute_units_from_manifest(manifest: dict) -> str:
     units = (manifest.get("export") or {}).get("recommended_compute_units")
     return units or COMPUTE_UNITS.get(manifest.get("quant"), "cpuAndNeuralEngine")
 
+
+# --- the I/O contract the manifest records, and the check of a saved package -------------------
 
 
 def sliding_window_layout(spec) -> dict | None:

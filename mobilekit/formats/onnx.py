@@ -23,6 +23,7 @@ DATA_FILE = "model.onnx.data"
 GENAI_CONFIG = "genai_config.json"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
 PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 # Symbolic dims, named as in ONNX Runtime GenAI's own builder.
 SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_sequence_length"
 
@@ -37,15 +38,15 @@ def present_names(num_layers: int) -> list[str]:
 
 def past_name_of(present_name: str) -> str:
     """The past input a present output is fed back as: present.{i}.key -> past_key_values.{i}.key."""
-    return PAST_KEY.split("%d")[0] + present_name[len(PRESENT_KEY.split("%d")[0]):]
+    return PAST_PREFIX + present_name.removeprefix(PRESENT_PREFIX)
 
 
 def is_past_name(name: str) -> bool:
-    return name.startswith(PAST_KEY.split("%d")[0])
+    return name.startswith(PAST_PREFIX)
 
 
 def is_present_name(name: str) -> bool:
-    return name.startswith(PRESENT_KEY.split("%d")[0])
+    return name.startswith(PRESENT_PREFIX)
 
 
 def read_genai_config(bundle_dir: Path) -> tuple[int, set[int]]:

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from mobilekit.errors import BundleError, CheckpointError, ExportError, ValidationFailed
-from mobilekit.formats.coreml import (KEY_CACHE, MODEL_FILE, VALUE_CACHE, causal_mask, compute_units_from_manifest,
-                                      load_program, read_identity_metadata, read_shared_metadata)
+from mobilekit.formats.coreml import (CAUSAL_MASK, INPUT_IDS, KEY_CACHE, LOGITS, MODEL_FILE, VALUE_CACHE, causal_mask,
+                                      compute_units_from_manifest, load_program, read_identity_metadata,
+                                      read_shared_metadata)
 from mobilekit.lowering.coreml import CoreMLDecoder, apply_fp16_safe_norms
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.runtime import GenerationResult, Session
@@ -353,8 +354,8 @@ class StatefulSession(Session):
         if self.position == 0 or self.state is None:
             self.reset()
         end = self.position + len(tokens)
-        inputs = {"inputIds": np.asarray([tokens], dtype=np.int32), "causalMask": causal_mask(len(tokens), end)}
-        logits = np.asarray(self.model.predict(inputs, state=self.state)["logits"], dtype=np.float32)[0, -1]
+        inputs = {INPUT_IDS: np.asarray([tokens], dtype=np.int32), CAUSAL_MASK: causal_mask(len(tokens), end)}
+        logits = np.asarray(self.model.predict(inputs, state=self.state)[LOGITS], dtype=np.float32)[0, -1]
         if not np.isfinite(logits).all():
             raise ValidationFailed(
                 f"{self.runtime} produced non-finite logits (inf/NaN) at position {end - 1}: an fp16 overflow "

@@ -20,6 +20,9 @@ Core ML cannot execute on Linux. There, `open_session` and `generate` run the sa
 package's MIL program through mobilekit's evaluator (`mobilekit.runtime.mil_evaluator`: op
 by op in numpy, states held between calls, fp16 where the program computes in fp16), and
 `check_spec` checks the I/O contract; on macOS both run the real model.
+
+The contract's names, metadata keys and checks live in mobilekit.formats.coreml (shared with
+the runtime); the converted module and its trace-time rewrites in mobilekit.lowering.coreml.
 """
 
 from __future__ import annotations
@@ -105,9 +108,6 @@ def quantize_weights(mlmodel, scheme: str):
     # exactly 0, as it should.
     with np.errstate(divide="ignore", invalid="ignore"):
         return cto.linear_quantize_weights(mlmodel, config)
-
-
-# --- the I/O contract -------------------------------------------------------------------
 
 
 def _dir_size(path: Path) -> int:

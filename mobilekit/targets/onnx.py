@@ -16,6 +16,9 @@ RotaryEmbedding (rotary_embedding_dim for partial rotary) and one Attention node
 and present inside, softcap for Gemma 2). Sliding-window layers keep a full-length past and
 read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are ONNX Runtime's own
 MatMulNBits weight quantizer.
+
+The contract's names, genai_config.json and the manifest's io section live in
+mobilekit.formats.onnx, shared with the runtime.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.formats.onnx import (ATTENTION_MASK, DATA_FILE, GENAI_CONFIG, INPUT_IDS, LOGITS, MODEL_FILE,
-                                    PAST_SEQ, POSITION_IDS, SEQ, TOTAL_SEQ, genai_config, io_contract, past_names,
-                                    present_names)
+                                    PAST_SEQ, POSITION_IDS, SEQ, TOTAL_SEQ, genai_config, io_contract,
+                                    is_present_name, past_names, present_names)
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import RMSNorm, Rotary
 from mobilekit.quantize import WeightFormat
@@ -331,7 +334,7 @@ def _readable_names(model) -> None:
 def _name_dims(model) -> None:
     """Present length is P+T; call it total_sequence_length as the attention mask does."""
     for value in model.graph.outputs:
-        if value.name.startswith("present.") and value.shape is not None:
+        if is_present_name(value.name) and value.shape is not None:
             dims = list(value.shape)
             dims[2] = TOTAL_SEQ
             value.shape = type(value.shape)(dims)

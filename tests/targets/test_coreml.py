@@ -427,7 +427,7 @@ def test_wrapper_window_mask_is_what_bites(tiny_family, monkeypatch):
     from mobilekit.runtime.eager import EagerSession
 
     decoder = tiny_family("gemma2").build_decoder()
-    monkeypatch.setattr(cm, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
+    monkeypatch.setattr(lowering, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
     eager = EagerSession(decoder, MAX_SEQ_LEN)
     wrapper = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
     eager.reset()
