@@ -270,14 +270,26 @@ def info(recipe_id):
         click.echo(f"{key:>15}: {value}")
 
 
+def _names_local_files(source: str) -> bool:
+    """Whether checkpoint.resolve_spec reads `source` from local files (a folder or a .gguf)
+    rather than from the recipe's stored config.json; an unusable path is its to report."""
+    try:
+        path = Path(source).expanduser()
+        return path.suffix == ".gguf" or path.is_dir()
+    except (RuntimeError, OSError, ValueError):
+        return True
+
+
 def _resolved_sizes(recipe) -> dict[str, str]:
     """Layer sizes from the checkpoint's config (never downloads weights)."""
+    source = recipe.checkpoint_source
     try:
-        if recipe.config:  # what checkpoint.resolve_spec reads for a recipe's source, without loading torch
+        if recipe.config and not _names_local_files(source):
+            # what checkpoint.resolve_spec reads for such a source, without loading the checkpoint code
             spec = _module("checkpoint_config").spec_from_config(
-                dict(recipe.config), f"the recipe's stored [config] of {recipe.checkpoint_source}")
+                dict(recipe.config), f"the recipe's stored [config] of {source}")
         else:
-            spec = _module("checkpoint").resolve_spec(recipe.checkpoint_source)
+            spec = _module("checkpoint").resolve_spec(source, dict(recipe.config) or None)
     except CheckpointError as e:
         return {"sizes": f"unknown until the checkpoint is available ({str(e).split('(')[0].strip()})"}
     if spec.uniform_layers:
