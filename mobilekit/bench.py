@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mobilekit import bundle, chat, pipeline, recipes, targets, validate
+from mobilekit.checkpoint import resolve
+from mobilekit.runtime import threads
+
 BENCH_PROMPT = "Write a long story about a dragon who learns to bake bread."
 
 
@@ -21,8 +25,6 @@ def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
     """Every bundle is checked (manifest, files, runtime installed, prompt within its
     context) before any is measured; `new_tokens` beyond a bundle's context is clamped,
     with a note. Bundles are only read."""
-    from mobilekit import bundle, chat, targets
-
     planned = []
     for folder in bundle_dirs:
         manifest = bundle.read_manifest(folder)
@@ -45,9 +47,7 @@ def run(bundle_dirs: list[Path], compare_eager: bool, new_tokens: int,
         eager_source = eager_source or (folder, manifest)
     if compare_eager and eager_source:
         folder, manifest = eager_source
-        from mobilekit.pipeline import _source_of
-
-        row = _child(["eager", _source_of(manifest), str(folder), str(new_tokens)])
+        row = _child(["eager", pipeline._source_of(manifest), str(folder), str(new_tokens)])
         row.update(name="transformers eager fp32", target="eager", quant="fp32", size_mb=None)
         rows.append(row)
         for r in rows:
@@ -62,8 +62,6 @@ def _quality(folder: Path, manifest: dict, on_note: Callable[[str], None]) -> di
     """Validation's stage-2 measurements of one bundle (teacher-forced perplexity and top-1
     on the evaluation text, greedy matches, long continuations' degeneration) against its
     checkpoint's reference, computed once per checkpoint and context length in this run."""
-    from mobilekit import pipeline, recipes, targets, validate
-
     source = pipeline._source_of(manifest)
     key = (source, manifest["max_seq_len"])
     if key not in _references:
@@ -117,8 +115,6 @@ def _peak_rss_mb() -> float:
 
 
 def _bench_bundle(folder: Path, new_tokens: int) -> dict:
-    from mobilekit import bundle, chat, targets
-
     manifest = bundle.read_manifest(folder)
     target = targets.get(manifest["target"])
     target.check_available()
@@ -139,11 +135,6 @@ def _bench_bundle(folder: Path, new_tokens: int) -> dict:
 def _bench_eager(source: str, folder: Path, new_tokens: int) -> dict:
     """transformers generate, fp32, greedy, forced to `new_tokens` tokens."""
     import torch
-
-    from mobilekit import bundle, chat
-    from mobilekit.checkpoint import resolve
-
-    from mobilekit.runtime import threads
 
     torch.set_num_threads(threads())  # the same thread count the bundles' runtimes get
     manifest = bundle.read_manifest(folder)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mobilekit.errors import BundleError, PromptTooLong
+
 
 def format_prompt(manifest: dict, user_text: str) -> str:
     """Render one user turn with the manifest's chat template, ready for generation.
@@ -10,8 +14,6 @@ def format_prompt(manifest: dict, user_text: str) -> str:
     if not template:
         return user_text
     from transformers.utils.chat_template_utils import render_jinja_template
-
-    from mobilekit.errors import BundleError
 
     try:
         rendered, _ = render_jinja_template(
@@ -29,11 +31,7 @@ def format_prompt(manifest: dict, user_text: str) -> str:
 def prompt_token_count(bundle_dir, manifest: dict, text: str) -> int:
     """Tokens `text` takes in the bundle's context, counted with its tokenizer.json as the
     runtimes count them (plus the BOS the manifest says apps add)."""
-    from pathlib import Path
-
     from tokenizers import Tokenizer
-
-    from mobilekit.errors import BundleError
 
     path = Path(bundle_dir) / "tokenizer.json"
     try:
@@ -47,8 +45,6 @@ def fit_to_context(manifest: dict, prompt_tokens: int, max_new_tokens: int) -> t
     """(new tokens to ask for, a note when that is fewer than asked): a prompt must leave
     room for at least one new token in the bundle's context; more new tokens than the
     context has left are clamped, not an error."""
-    from mobilekit.errors import PromptTooLong
-
     context = int(manifest["max_seq_len"])
     if prompt_tokens >= context:
         raise PromptTooLong(

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mobilekit import families
+from mobilekit.checkpoint_config import check_json_file, family_of, first_line, read_config, spec_from_config
 from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
 from mobilekit.memory import release_free_memory
 from mobilekit.files import cache_dir, sha256_file
@@ -210,7 +211,7 @@ class Checkpoint:
 
         folder = self.tokenizer_dir
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            _check_json_file(folder / name)
+            check_json_file(folder / name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
@@ -226,7 +227,7 @@ class Checkpoint:
             raise
         except Exception as e:  # outside data: any failure to read or use it is the files', not ours
             raise CheckpointError(
-                f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
+                f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {first_line(e)}); "
                 "re-download its tokenizer files, or pass --tokenizer FOLDER with a working tokenizer"
             ) from e
         return tokenizer
@@ -430,7 +431,7 @@ def load_pickled_weights(path: Path, mmap: bool = False) -> dict[str, torch.Tens
         ) from e
     except Exception as e:  # not a torch file at all (random bytes, truncated zip, ...)
         raise CheckpointError(f"{path} is not a readable PyTorch weights file ({type(e).__name__}: "
-                              f"{_first_line(e)}); re-download it") from e
+                              f"{first_line(e)}); re-download it") from e
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"{path} does not hold a state dict (names -> tensors); is it a model checkpoint?")
@@ -444,7 +445,7 @@ def _weights_only_reason(error: Exception) -> str:
         paragraph = paragraph.strip()
         if paragraph and not paragraph.startswith(skip):
             return paragraph.removeprefix("WeightsUnpickler error:").strip().splitlines()[0]
-    return _first_line(error)
+    return first_line(error)
 
 
 # safetensors dtype names -> torch dtypes (what a checkpoint header may name)
@@ -481,7 +482,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ..
                 piece = handle.get_slice(name)
                 header[name] = (piece.get_dtype(), tuple(int(n) for n in piece.get_shape()))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); re-download it") from e
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(e)}); re-download it") from e
     unknown = sorted({d for d, _ in header.values()} - set(_SAFETENSORS_DTYPES))
     if unknown:
         raise CheckpointError(f"{path} stores dtype(s) {', '.join(unknown)}, which mobilekit cannot load")
@@ -507,93 +508,6 @@ def weight_headers(folder: Path) -> dict[str, tuple[Path, torch.dtype, tuple[int
         for name, tensor in load_pickled_weights(f, mmap=True).items():
             headers[name] = (f, tensor.dtype, tuple(tensor.shape))
     return headers
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines() or [type(error).__name__])[0][:300]
-
-
-def _check_json_file(path: Path) -> None:
-    """A JSON file of a checkpoint (config, tokenizer) that exists must parse: the message
-    names the file and the place, where the loader's own error would not."""
-    if not path.is_file():
-        return
-    try:
-        json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
-        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
-        raise CheckpointError(f"{path} is not valid JSON{where}; re-download it or repair the file") from e
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from e
-
-
-def read_config(folder: Path) -> dict:
-    """A checkpoint's config.json as a dict, or a CheckpointError naming the file and fault."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a Hugging Face checkpoint folder: it has no config.json")
-    _check_json_file(path)
-    config = json.loads(path.read_bytes())
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object of settings, not a {type(config).__name__}")
-    if config.get("quantization_config"):
-        method = config["quantization_config"]
-        method = method.get("quant_method", "?") if isinstance(method, dict) else method
-        raise CheckpointError(f"{path} describes a pre-quantized checkpoint (quantization_config: {method!r}); "
-                              "mobilekit quantizes itself and needs the original floating-point weights")
-    return config
-
-
-# Sizes a transformers-style config.json spells alike; each must be a positive whole number,
-# within bounds no real model comes near (so a typo cannot build a decoder of 10^12 weights).
-_CONFIG_SIZES = {
-    "vocab_size": 1 << 22, "hidden_size": 1 << 17, "num_hidden_layers": 1024, "num_attention_heads": 1024,
-    "num_key_value_heads": 1024, "head_dim": 4096, "intermediate_size": 1 << 19, "max_position_embeddings": 1 << 24,
-    "n_embd": 1 << 17, "n_layer": 1024, "n_head": 1024, "n_positions": 1 << 24, "n_inner": 1 << 19,
-}
-
-
-def family_of(config: dict, where: Path | str) -> families.Family:
-    """The family claiming a config's `architectures` (or its model_type)."""
-    architectures = config.get("architectures")
-    if architectures is not None and not (
-            isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
-        raise CheckpointError(f"{where}: architectures must be a list of class names, e.g. [\"LlamaForCausalLM\"]; "
-                              f"got {architectures!r}")
-    model_type = config.get("model_type")
-    try:
-        return families.for_architecture(architectures, model_type if isinstance(model_type, str) else None)
-    except UnsupportedArchitectureError as e:
-        raise UnsupportedArchitectureError(f"{where}: {e}") from e
-
-
-def spec_from_config(config: dict, where: Path | str) -> DecoderSpec:
-    """The DecoderSpec a config.json describes, or a CheckpointError naming `where` and the
-    key at fault (sizes are checked before any family reads them)."""
-    problems = []
-    for key, bound in _CONFIG_SIZES.items():
-        value = config.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
-            problems.append(f"{key} = {value!r} (must be a whole number from 1 to {bound})")
-    if problems:
-        raise CheckpointError(f"{where} has invalid sizes: {'; '.join(problems)}. Fix config.json; it must describe "
-                              "the checkpoint's weights.")
-    family = family_of(config, where)
-    try:
-        return family.spec_from_config(config)
-    except CheckpointError as e:
-        raise CheckpointError(f"{where}: {e}") from e
-    except KeyError as e:
-        raise CheckpointError(f"{where} lacks the key {e} that a {family.name} config needs; "
-                              "is it a complete config.json?") from e
-    except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError, IndexError) as e:
-        # a value of the wrong kind somewhere (a string for a number, a list for a table ...)
-        raise CheckpointError(f"{where} has a value mobilekit cannot read as a {family.name} config "
-                              f"({type(e).__name__}: {_first_line(e)}); compare it with the model's published "
-                              "config.json") from e
 
 
 def _local_path(text: str, what: str) -> Path:
@@ -822,7 +736,7 @@ def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as e:  # a damaged or unusual GGUF: the file is at fault, whatever transformers raised
             raise CheckpointError(f"{path} could not be read as a {hf_architecture} GGUF ({type(e).__name__}: "
-                                  f"{_first_line(e)}); re-download it, or pass the Hugging Face folder instead") from e
+                                  f"{first_line(e)}); re-download it, or pass the Hugging Face folder instead") from e
         # A GGUF-loaded model refuses save_pretrained; write config and tensors ourselves.
         config = model.config.to_dict()
         config.pop("quantization_config", None)

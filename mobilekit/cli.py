@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+import errno
+import importlib
 import json
 import os
+import platform
 import signal
 import sys
+import tempfile
+import time
+import traceback
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import click
 
-from mobilekit import interrupt, quantize, recipes, targets
+from mobilekit import bundle, chat as chat_format, interrupt, quantize, targets
 from mobilekit.errors import (EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_VALIDATION,
-                              MobilekitError, ValidationFailed)
+                              CheckpointError, MobilekitError, ResourceError, ValidationFailed)
+from mobilekit.files import cache_dir
+from mobilekit.matrix_verdict import DEFAULT_TOLERANCES, failure_reason
 
 TARGET_CHOICES = [*targets.names(), "all"]
+
+# The modules the commands work through, imported when a command runs: the one lazy import
+# path in mobilekit (everything else imports at the top), so that `mobilekit --help` loads
+# neither torch nor the recipes and families, and `list` and `info` none of the export
+# machinery. A command names the modules it needs by these keys.
+COMMAND_MODULES = {
+    "recipes": "mobilekit.recipes",  # list, info, export
+    "families": "mobilekit.families",  # list, info
+    "checkpoint_config": "mobilekit.checkpoint_config",  # info: sizes from a recipe's stored config.json
+    "checkpoint": "mobilekit.checkpoint",  # info, for a recipe that stores no config.json (torch)
+    "pipeline": "mobilekit.pipeline",  # export, validate (torch)
+    "bench": "mobilekit.bench",
+    "goldens": "mobilekit.goldens",
+    "matrix": "mobilekit.matrix",
+}
+
+
+def _module(key: str):
+    """A module of COMMAND_MODULES, imported on first use."""
+    return importlib.import_module(COMMAND_MODULES[key])
 
 
 def _console():
@@ -31,8 +60,7 @@ def _progress(description: str):
     written as they happen."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from mobilekit.pipeline import memory_note
-
+    memory_note = _module("pipeline").memory_note
     console = _console()
     if not console.is_terminal:
         yield lambda message: console.log(f"{description}: {message}  ({memory_note()})")
@@ -99,8 +127,6 @@ def _exit_interrupted(terminated: bool):
 
 def _show_traceback(debug: bool) -> None:
     if debug:
-        import traceback
-
         traceback.print_exc()
 
 
@@ -110,8 +136,6 @@ def _first_line(error: BaseException) -> str:
 
 def _environment_problem(error: Exception) -> str | None:
     """The message for an error of the machine rather than of mobilekit, or None."""
-    import errno
-
     if isinstance(error, MemoryError):
         return ("the machine ran out of memory. Close other programs, or use a machine with more memory (or a "
                 "smaller model or --max-seq-len); no bundle was written.")
@@ -129,13 +153,6 @@ def _environment_problem(error: Exception) -> str | None:
 def _write_crash_log(error: Exception) -> Path:
     """The traceback, command line and versions in a log file under the cache folder (or
     the temporary folder where that cannot be written)."""
-    import platform
-    import tempfile
-    import time
-    import traceback
-
-    from mobilekit.files import cache_dir
-
     text = (f"mobilekit {_own_version()} on Python {platform.python_version()}, {platform.platform()}\n"
             f"command: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(error)))
     name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -150,8 +167,6 @@ def _write_crash_log(error: Exception) -> Path:
 
 
 def _own_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("mobilekit")
     except PackageNotFoundError:
@@ -173,6 +188,7 @@ def main(debug):
 
 def support_markdown() -> str:
     """The README's support table, generated from the recipe and target registries."""
+    recipes = _module("recipes")
     names = targets.names()
     lines = ["| recipe | family | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for recipe in recipes.all_recipes():
@@ -187,8 +203,7 @@ def support_markdown() -> str:
 
 
 def family_rows() -> list[tuple[str, tuple[str, ...]]]:
-    from mobilekit import families
-
+    families = _module("families")
     return [(name, families.get(name).architectures) for name in families.names()]
 
 
@@ -201,6 +216,7 @@ def list_cmd(markdown):
     if markdown:
         click.echo(support_markdown())
         return
+    recipes = _module("recipes")
     table = Table(title="mobilekit recipes (default quant per target)")
     table.add_column("recipe")
     table.add_column("family")
@@ -228,10 +244,8 @@ def support_cell(recipe, target) -> str:
 @click.argument("recipe_id")
 def info(recipe_id):
     """What RECIPE resolves to: checkpoint, family, sizes and defaults."""
-    from mobilekit import families
-
-    recipe = recipes.get(recipe_id)
-    family = families.get(recipe.family)
+    recipe = _module("recipes").get(recipe_id)
+    family = _module("families").get(recipe.family)
     rows = {
         "recipe": recipe.id,
         "name": recipe.name,
@@ -256,13 +270,26 @@ def info(recipe_id):
         click.echo(f"{key:>15}: {value}")
 
 
+def _names_local_files(source: str) -> bool:
+    """Whether checkpoint.resolve_spec reads `source` from local files (a folder or a .gguf)
+    rather than from the recipe's stored config.json; an unusable path is its to report."""
+    try:
+        path = Path(source).expanduser()
+        return path.suffix == ".gguf" or path.is_dir()
+    except (RuntimeError, OSError, ValueError):
+        return True
+
+
 def _resolved_sizes(recipe) -> dict[str, str]:
     """Layer sizes from the checkpoint's config (never downloads weights)."""
-    from mobilekit.checkpoint import resolve_spec
-    from mobilekit.errors import CheckpointError
-
+    source = recipe.checkpoint_source
     try:
-        spec = resolve_spec(recipe.checkpoint_source, dict(recipe.config) or None)
+        if recipe.config and not _names_local_files(source):
+            # what checkpoint.resolve_spec reads for such a source, without loading the checkpoint code
+            spec = _module("checkpoint_config").spec_from_config(
+                dict(recipe.config), f"the recipe's stored [config] of {source}")
+        else:
+            spec = _module("checkpoint").resolve_spec(source, dict(recipe.config) or None)
     except CheckpointError as e:
         return {"sizes": f"unknown until the checkpoint is available ({str(e).split('(')[0].strip()})"}
     if spec.uniform_layers:
@@ -303,9 +330,8 @@ def _resolved_sizes(recipe) -> dict[str, str]:
 def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, max_size,
            max_ppl_increase, validate, keep_failed):
     """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
-    from mobilekit import pipeline, precision
-
-    recipe = recipes.get(recipe_id) if recipe_id else None
+    pipeline = _module("pipeline")
+    recipe = _module("recipes").get(recipe_id) if recipe_id else None
     if recipe is None and checkpoint_source is None:
         raise click.UsageError("give RECIPE_ID, or --checkpoint PATH for a checkpoint without a recipe")
     names = targets.names() if target_name == "all" else [target_name]
@@ -318,7 +344,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
             raise click.UsageError("--max-size and --max-ppl-increase choose --quant auto's precision; add --quant auto")
         if max_ppl_increase is not None and not (0 < max_ppl_increase < 1000):
             raise click.UsageError(f"--max-ppl-increase {max_ppl_increase:g} must be a percentage above 0, e.g. 5")
-        goal = precision.Goal(precision.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
+        goal = quantize.Goal(quantize.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
     elif quant in quantize.GOAL_SCHEMES and not all(recipe and recipe.goal_for(name) for name in names):
         raise click.UsageError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase "
                                "PERCENT (e.g. 5); the recipe gives none for this target")
@@ -391,9 +417,7 @@ def _print_validation(validation: dict) -> None:
               help="Also write the fresh validation record as JSON to this file (the bundle itself is never changed).")
 def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code, report_path):
     """Re-run validation of BUNDLE_DIR against its reference (read-only); exit 3 if a budget is missed."""
-    from mobilekit import pipeline
-    from mobilekit.errors import ResourceError
-
+    pipeline = _module("pipeline")
     if report_path is not None and not report_path.parent.is_dir():  # before the work, not after it
         raise ResourceError(f"--report {report_path}: the folder {report_path.parent} does not exist; create it first")
     with _progress("validate") as progress:
@@ -415,8 +439,6 @@ def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_c
 @click.option("--chat/--no-chat", default=True, help="Wrap PROMPT in the bundle's chat template.")
 def generate(bundle_dir, prompt, max_new_tokens, chat):
     """Stream a greedy reply to PROMPT from BUNDLE_DIR through the runtime apps use (read-only)."""
-    from mobilekit import bundle, chat as chat_format
-
     manifest = bundle.read_manifest(bundle_dir)
     bundle.verify_files(bundle_dir, manifest, hashes=False)
     target = targets.of_bundle(bundle_dir, manifest)
@@ -448,8 +470,7 @@ def generate(bundle_dir, prompt, max_new_tokens, chat):
 def bench(bundle_dirs, compare_eager, new_tokens, quality, as_json):
     """Prefill and decode tokens/s, time to first token, peak RSS and size (and --quality),
     side by side."""
-    from mobilekit import bench as bench_lib
-
+    bench_lib = _module("bench")
     rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens,
                          on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True), quality=quality)
     if as_json:
@@ -467,8 +488,7 @@ def bench(bundle_dirs, compare_eager, new_tokens, quality, as_json):
 @click.option("--no-embedded", is_flag=True, help="Leave out the embedded SmolLM2 tokenizer's template.")
 def goldens(out_dir, bundle_dirs, templates, no_embedded):
     """Write the golden vectors the demo apps' core logic is tested against (android-demo, ios-demo)."""
-    from mobilekit import bundle, goldens as golden
-
+    golden = _module("goldens")
     manifests = {f"{m['target']}:{m.get('recipe') or d.name}": m
                  for d in bundle_dirs for m in [bundle.read_manifest(d)]}
     extra = json.loads(templates.read_text())["sources"] if templates else []
@@ -499,8 +519,6 @@ def _split_choices(allowed: list[str], what: str):
 
 
 def _tolerance_options(command):
-    from mobilekit.matrix import DEFAULT_TOLERANCES
-
     for name, help_text in reversed([
         ("size_growth", "Artefact size may grow by this fraction before --baseline calls it a regression."),
         ("error_growth", "Stage-2 max |Δlogit| and perplexity increase may grow by this fraction (plus a small "
@@ -549,10 +567,7 @@ def matrix(ctx, recipe_globs, target_names, schemes, mode, shard_text, output, b
     """
     if ctx.invoked_subcommand is not None:
         return
-    import time as clock
-
-    from mobilekit import matrix as mx
-
+    mx = _module("matrix")
     index, count = mx.parse_shard(shard_text)
     everything = mx.select_cells(recipe_globs, target_names, schemes)
     if cells_per_shard:
@@ -568,11 +583,11 @@ def matrix(ctx, recipe_globs, target_names, schemes, mode, shard_text, output, b
         raise mx.MatrixError(f"{output} already exists and is not empty; remove it or pass another --output")
     selection = {"recipes": recipe_globs, "targets": target_names or targets.names(),
                  "quant": schemes or quantize.fixed_names(), "shards": [shard_text]}
-    started = clock.perf_counter()
+    started = time.perf_counter()
     with _matrix_progress(len(cells), mode) as on_event:
         records = mx.run(cells, mode, output, jobs=jobs, cell_timeout=cell_timeout, keep_bundles=keep_bundles,
                          on_event=on_event)
-    report = mx.build_report(records, mode, selection, clock.perf_counter() - started)
+    report = mx.build_report(records, mode, selection, time.perf_counter() - started)
     _finish_matrix(report, output, base, str(baseline) if baseline else None, tolerances)
 
 
@@ -589,8 +604,7 @@ def matrix_merge(reports, output, baseline, **tolerances):
     Exits as `mobilekit matrix` does, and 1 when a shard of the N is missing (the merged report
     is written anyway).
     """
-    from mobilekit import matrix as mx
-
+    mx = _module("matrix")
     shards = {str(path): mx.read_report(path) for path in reports}
     base = mx.read_report(baseline) if baseline else None
     merged, missing = mx.merge(shards)
@@ -607,15 +621,13 @@ def _matrix_progress(total: int, mode: str):
     lines alone."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mobilekit import matrix as mx
-
     console = _console()
     running: set[str] = set()
     colours = {"passed": "green", "failed": "yellow"}
 
     def line(cell, record):
         colour = colours.get(record["status"], "red")
-        why = "" if record["status"] == "passed" else f": {mx.failure_reason(record)[:160]}"
+        why = "" if record["status"] == "passed" else f": {failure_reason(record)[:160]}"
         return f"[{colour}]{record['status']:>7}[/{colour}] {cell.id} ({record['seconds']:.1f} s){why}"
 
     if not console.is_terminal:
@@ -641,8 +653,7 @@ def _matrix_progress(total: int, mode: str):
 
 def _finish_matrix(report: dict, output: Path, baseline: dict | None, baseline_path: str | None, tolerances: dict,
                    failed_already: bool = False) -> None:
-    from mobilekit import matrix as mx
-
+    mx = _module("matrix")
     if baseline is not None:
         report["baseline"] = mx.compare(report, baseline, baseline_path, tolerances)
     json_path, html_path = mx.write_report(report, output)

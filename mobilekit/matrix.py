@@ -36,16 +36,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from mobilekit import recipes, targets
+from mobilekit import __version__, recipes, targets
 from mobilekit.errors import MobilekitError
+from mobilekit.matrix_html import render_html
+from mobilekit.matrix_verdict import DEFAULT_TOLERANCES, failure_reason
 
 SCHEMA_VERSION = 1
 STATUSES = ("passed", "failed", "error", "crashed", "timeout")
 # Converters and runtimes whose versions a report records (a nightly diff starts here).
 RUNTIME_PACKAGES = ("torch", "torchao", "executorch", "transformers", "tokenizers", "onnx", "onnxscript",
                     "onnxruntime", "onnxruntime-genai", "coremltools", "numpy")
-# What --baseline tolerates before calling a change a regression (README "Nightly matrix").
-DEFAULT_TOLERANCES = {"size_growth": 0.02, "error_growth": 0.5, "top1_drop": 0.05}
 # Absolute floors under the relative error tolerance, so noise around ~0 is not a regression.
 _ERROR_FLOORS = {"max_abs_logit_error": 1e-4, "ppl_increase_pct": 0.5}
 LOG_TAIL_CHARS = 4000
@@ -306,8 +306,6 @@ def check_report(report: dict, where: str = "the report") -> None:
 
 def write_report(report: dict, output: Path) -> tuple[Path, Path]:
     """report.json and report.html, each written whole then renamed into place."""
-    from mobilekit.matrix_html import render_html
-
     check_report(report)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -425,21 +423,6 @@ def _stage2_metrics(cell: dict) -> dict | None:
     return ((cell.get("validation") or {}).get("stage2") or {}).get("metrics")
 
 
-def failure_reason(cell: dict) -> str:
-    """One line saying why a cell did not pass (the CLI, regressions and report.html say it alike)."""
-    error = cell["error"]
-    if error:
-        first = error["message"].splitlines()[0] if error["message"] else ""
-        return f"{error['type']}: {first}" if first else error["type"]
-    return "; ".join(misses(cell)) or cell["status"]
-
-
-def misses(cell: dict) -> list[str]:
-    """Each budget a validated cell missed, prefixed with its stage."""
-    validation = cell["validation"] or {}
-    return [f"{name}: {m}" for name in ("stage1", "stage2") for m in (validation.get(name) or {}).get("misses", [])]
-
-
 def _regression(cell: dict, kind: str, detail: str, baseline, current) -> dict:
     return {"cell": cell["id"], "kind": kind, "detail": detail, "baseline": baseline, "current": current}
 
@@ -449,8 +432,6 @@ def _now() -> str:
 
 
 def _mobilekit_version() -> str:
-    from mobilekit import __version__
-
     return __version__
 
 

@@ -20,7 +20,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mobilekit.matrix import failure_reason, misses
+from mobilekit.matrix_verdict import failure_reason, misses
 
 STATUSES = ("passed", "failed", "error", "crashed", "timeout")
 # Text in SVG stays text (not glyph paths): a smaller page whose labels can be searched.

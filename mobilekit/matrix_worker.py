@@ -18,17 +18,17 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
+from mobilekit import checkpoint, pipeline, recipes, tiny
+from mobilekit.matrix import Cell, cell_record
+
 
 def main(job_path: str) -> None:
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # C and Python prints from converters go to the log, not into the event stream
     sys.stdout = sys.stderr
     job = json.loads(Path(job_path).read_text())
-
-    import torch
-
-    from mobilekit import recipes
-    from mobilekit.matrix import Cell, cell_record
 
     torch.set_num_threads(job["threads"])
     recipe = recipes.get(job["recipe"])
@@ -61,8 +61,6 @@ def main(job_path: str) -> None:
 
 
 def _context(recipe, mode: str, work: Path):
-    from mobilekit import checkpoint, pipeline, tiny
-
     if mode == "hub":
         return pipeline.make_context(recipe, None, None)
     folder = work / "checkpoint"
@@ -76,9 +74,6 @@ def _context(recipe, mode: str, work: Path):
 
 
 def _run_cell(context, cell, family: str, work: Path, job: dict) -> dict:
-    from mobilekit import pipeline
-    from mobilekit.matrix import cell_record
-
     bundle_dir = work / "bundles" / cell.file_stem
     shutil.rmtree(bundle_dir, ignore_errors=True)  # a crashed predecessor's
     _reset_peak_rss()

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from mobilekit import bundle, precision, quantize, recipes, targets, validate
+from mobilekit import __version__, bundle, precision, quantize, recipes, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.recipes import Recipe
@@ -358,8 +358,6 @@ def _manifest(context: Context, target, scheme: str, artefact, export_seconds: f
 
 
 def _version() -> str:
-    from mobilekit import __version__
-
     return __version__
 
 
@@ -367,8 +365,6 @@ def revalidate(bundle_dir: Path, progress: Progress = lambda _m: None, checkpoin
                tokenizer: str | None = None, trust_remote_code: bool = False) -> dict:
     """Re-run validation of an existing bundle against its checkpoint's reference. The bundle
     is only read: the fresh record is returned (the CLI can write it with --report)."""
-    from mobilekit import recipes
-
     manifest = bundle.read_manifest(bundle_dir)
     bundle.verify_files(bundle_dir, manifest)
     target = targets.of_bundle(bundle_dir, manifest)

@@ -28,6 +28,9 @@ from importlib import resources
 from typing import Callable
 
 from mobilekit.errors import ExportError
+from mobilekit.modeling import rotary_tables
+from mobilekit.modeling.decoder import attention, attention_mask, select_rows
+from mobilekit.quantize import Goal, WeightFormat
 
 CALIBRATION_TOKENS = 256
 BITS = (4, 8)
@@ -37,49 +40,6 @@ def calibration_text() -> str:
     """Written for mobilekit (Apache-2.0, as the package): stories, facts, a recipe, a chat
     exchange, code and a letter, none of it in eval.txt."""
     return (resources.files("mobilekit") / "data" / "calibration.txt").read_text()
-
-
-@dataclass(frozen=True)
-class Goal:
-    max_size_bytes: int | None = None
-    max_ppl_increase_pct: float | None = None
-
-    def __post_init__(self):
-        if (self.max_size_bytes is None) == (self.max_ppl_increase_pct is None):
-            raise ExportError("--quant auto needs exactly one goal: --max-size SIZE (e.g. 110MB) or "
-                              "--max-ppl-increase PERCENT (e.g. 5)")
-
-    def describe(self) -> str:
-        if self.max_size_bytes is not None:
-            return f"at most {self.max_size_bytes / 1e6:.1f} MB"
-        return f"perplexity at most +{self.max_ppl_increase_pct:g}% on the calibration text"
-
-
-def parse_size(text: str) -> int:
-    """'110MB', '1.2GB', '900M', '104857600' -> bytes (decimal units, as file sizes are shown)."""
-    units = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}
-    raw = text.strip().upper()
-    number = raw.rstrip("KMGB")
-    try:
-        value = float(number) * units[raw[len(number):]]
-    except (ValueError, KeyError):
-        raise ExportError(f"--max-size {text!r} is not a size; write e.g. 110MB or 1.2GB") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ExportError(f"--max-size {text!r} must be a positive size, e.g. 110MB")
-    return int(value)
-
-
-@dataclass
-class WeightFormat:
-    """How one target stores weights: `weight(module, kind, bits)` -> the dequantized fp32
-    weight its quantizer would produce; `bytes_per_weight[(kind, bits)]`; and whether it
-    quantizes linears' input activations (to simulate them: dynamic per-token int8)."""
-
-    weight: Callable
-    bytes_per_weight: dict
-    int8_activations: bool = False
-    kinds: tuple[str, ...] = ("embedding", "linear")  # what the target quantizes by plan
-    overhead_bytes_per_layer: int = 0  # the format's own, measured (program, block headers)
 
 
 @dataclass
@@ -251,9 +211,6 @@ class _Runner:
 
     def __init__(self, decoder, ids: list[int], fmt: WeightFormat, groups: list[Group]):
         import torch
-
-        from mobilekit.modeling import rotary_tables
-        from mobilekit.modeling.decoder import attention, attention_mask, select_rows
 
         self.decoder, self.fmt, self.groups = decoder, fmt, {g.name: g for g in groups}
         spec = decoder.spec

@@ -18,6 +18,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
 
+from mobilekit import families, quantize, targets
+from mobilekit.checkpoint_config import spec_from_config
 from mobilekit.errors import CheckpointError, RecipeError, UnknownNameError
 
 _KNOWN_KEYS = {
@@ -66,8 +68,6 @@ class Recipe:
     tokenizer: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
-        from mobilekit import families, quantize, targets
-
         if self.family not in families.names():
             raise RecipeError(f"recipe {self.id}: family {self.family!r} is not one of {families.names()}")
         if "/" not in self.repo:
@@ -105,9 +105,7 @@ class Recipe:
                 )
 
     def goal_for(self, target: str):
-        """[auto_goal.TARGET] as a precision.Goal, or None."""
-        from mobilekit import precision
-
+        """[auto_goal.TARGET] as a quantize.Goal, or None."""
         table = self.auto_goal.get(target)
         if table is None:
             return None
@@ -115,7 +113,7 @@ class Recipe:
             raise RecipeError(f"recipe {self.id}: [auto_goal.{target}] must name a target and hold one of "
                               "max_size = \"110MB\" or max_ppl_increase = 5")
         try:
-            return precision.Goal(precision.parse_size(table["max_size"]) if "max_size" in table else None,
+            return quantize.Goal(quantize.parse_size(table["max_size"]) if "max_size" in table else None,
                                   table.get("max_ppl_increase"))
         except Exception as e:
             raise RecipeError(f"recipe {self.id}: [auto_goal.{target}]: {e}") from e
@@ -141,8 +139,6 @@ class Recipe:
 
     def spec(self):
         """The DecoderSpec of the pinned checkpoint, from the stored [config] (no network)."""
-        from mobilekit.checkpoint import spec_from_config
-
         if not self.config:
             raise RecipeError(f"recipe {self.id} has no [config] table to build a spec from")
         try:
@@ -216,8 +212,6 @@ def _load(recipe_id: str) -> Recipe:
 
 
 def _target_names() -> list[str]:
-    from mobilekit import targets
-
     return targets.names()
 
 

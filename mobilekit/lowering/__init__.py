@@ -1,6 +1,8 @@
 """The lowering kit: what every target does on its way from the mobilekit Decoder to an
 artefact, written once. A target is an adapter that picks among these (LLMEdgeManager's
-stages: source transform -> export -> lower -> serialize).
+stages: source transform -> export -> lower -> serialize). Imports torch only where a helper
+computes with it; never imports targets/ or runtime/ (import contracts in pyproject.toml).
+Per-target forms that the Python runtimes also run eagerly live beside it (lowering/coreml.py).
 
 - `stage`: one named, timed step of an export; an exception from the converter inside it
   becomes an ExportError that names the step (mobilekit's own errors pass through).

@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass
+class GenerationResult:
+    """One generation through the app runtime, with its timings."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    time_to_first_token_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    runtime: str
 
 
 def threads() -> int:

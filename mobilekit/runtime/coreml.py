@@ -19,7 +19,7 @@ stores; and `WrapperSession`, the converted torch module run eagerly.
 
 from __future__ import annotations
 
-import json
+import copy
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,10 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilekit.errors import BundleError, CheckpointError, ValidationFailed
+from mobilekit.errors import BundleError, CheckpointError, ExportError, ValidationFailed
+from mobilekit.formats.coreml import (CAUSAL_MASK, INPUT_IDS, KEY_CACHE, LOGITS, MODEL_FILE, VALUE_CACHE, causal_mask,
+                                      compute_units_from_manifest, load_program, read_identity_metadata,
+                                      read_shared_metadata)
+from mobilekit.lowering.coreml import CoreMLDecoder, apply_fp16_safe_norms
 from mobilekit.modeling import Decoder, DecoderSpec
-from mobilekit.runtime import Session
-from mobilekit.targets import GenerationResult
+from mobilekit.runtime import GenerationResult, Session
+from mobilekit.runtime.mil_evaluator import load_evaluator
 
 COREML_RUNTIME = "Core ML (MLModel.predict, stateful)"
 EVALUATOR_RUNTIME = "mobilekit Core ML evaluator (MIL program in numpy, not Core ML)"
@@ -47,23 +51,8 @@ DEQUANTIZING_OPS = (
     "constexpr_affine_dequantize",
     "constexpr_sparse_to_dense",
 )
-MASKED = float(np.finfo(np.float16).min)  # what swift-transformers writes for a masked key (-65504)
 
 
-def load_program(path: Path):
-    """(MIL program, Model spec) of a saved .mlpackage; works without the Core ML runtime."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
-
-    try:
-        model = ct.models.MLModel(str(path), skip_model_load=True)
-        spec = model.get_spec()
-        program = milproto_load(
-            spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir
-        )
-    except Exception as e:
-        raise BundleError(f"{path} is not a readable Core ML package ({type(e).__name__}: {e})") from e
-    return program, spec
 
 
 def spec_from_manifest(manifest: dict) -> DecoderSpec:
@@ -245,8 +234,6 @@ def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:
     """`missing` if every one of them holds its identity value (ones for a weight, zeros for
     a bias: the converter folds away a multiply by ones or an add of zeros); otherwise an
     ExportError naming the rest."""
-    from mobilekit.errors import ExportError
-
     state = decoder.state_dict()
     lost = [k for k in missing if not bool(torch.all(state[k] == identity_value(k)))]
     if lost:
@@ -264,18 +251,8 @@ def materialize(op) -> np.ndarray:
     return np.asarray(op.materialized_val_inference())
 
 
-def read_identity_metadata(spec_pb) -> list[str]:
-    from mobilekit.targets.coreml import METADATA_IDENTITY_WEIGHTS
-
-    raw = spec_pb.description.metadata.userDefined.get(METADATA_IDENTITY_WEIGHTS)
-    return json.loads(raw) if raw else []
 
 
-def read_shared_metadata(spec_pb) -> dict[str, str]:
-    from mobilekit.targets.coreml import METADATA_SHARED_WEIGHTS
-
-    raw = spec_pb.description.metadata.userDefined.get(METADATA_SHARED_WEIGHTS)
-    return json.loads(raw) if raw else {}
 
 
 def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
@@ -336,10 +313,6 @@ class WrapperSession(Session):
     def __init__(self, decoder: Decoder, max_seq_len: int, dtype: torch.dtype = torch.float32,
                  cache_dtype: torch.dtype = torch.float16):
         super().__init__(max_seq_len)
-        import copy
-
-        from mobilekit.targets.coreml import KEY_CACHE, VALUE_CACHE, CoreMLDecoder, apply_fp16_safe_norms
-
         decoder = copy.deepcopy(decoder)
         if dtype == torch.float16:
             apply_fp16_safe_norms(decoder)
@@ -360,21 +333,8 @@ class WrapperSession(Session):
 # --- sessions: the real Core ML runtime (macOS) and the evaluator (Linux) -------------------
 
 
-def causal_mask(seq_len: int, end: int) -> np.ndarray:
-    """fp16 [1,1,T,end] additive mask for T new tokens at positions end-T..end-1."""
-    start = end - seq_len
-    mask = np.full((seq_len, end), MASKED, dtype=np.float16)
-    for i in range(seq_len):
-        mask[i, : start + i + 1] = 0
-    return mask[None, None]
 
 
-def compute_units_from_manifest(manifest: dict) -> str:
-    """The compute units the export recommended (manifest["export"]), else by scheme."""
-    from mobilekit.targets.coreml import COMPUTE_UNITS
-
-    units = (manifest.get("export") or {}).get("recommended_compute_units")
-    return units or COMPUTE_UNITS.get(manifest.get("quant"), "cpuAndNeuralEngine")
 
 
 class StatefulSession(Session):
@@ -394,8 +354,8 @@ class StatefulSession(Session):
         if self.position == 0 or self.state is None:
             self.reset()
         end = self.position + len(tokens)
-        inputs = {"inputIds": np.asarray([tokens], dtype=np.int32), "causalMask": causal_mask(len(tokens), end)}
-        logits = np.asarray(self.model.predict(inputs, state=self.state)["logits"], dtype=np.float32)[0, -1]
+        inputs = {INPUT_IDS: np.asarray([tokens], dtype=np.int32), CAUSAL_MASK: causal_mask(len(tokens), end)}
+        logits = np.asarray(self.model.predict(inputs, state=self.state)[LOGITS], dtype=np.float32)[0, -1]
         if not np.isfinite(logits).all():
             raise ValidationFailed(
                 f"{self.runtime} produced non-finite logits (inf/NaN) at position {end - 1}: an fp16 overflow "
@@ -424,8 +384,6 @@ class EvaluatorSession(StatefulSession):
     driven exactly as CoreMLSession drives the MLModel."""
 
     def __init__(self, path: Path, max_seq_len: int, precision: str = "model"):
-        from mobilekit.runtime.mil_evaluator import load_evaluator
-
         evaluator = load_evaluator(path, precision)
         compute = evaluator.declared_precision if precision == "model" else precision
         super().__init__(evaluator, max_seq_len, f"{EVALUATOR_RUNTIME}, {compute} compute")
@@ -437,8 +395,6 @@ def coreml_generate(bundle_dir: Path, manifest: dict, prompt: str, max_new_token
     """Greedy generation through `session`: by default the real Core ML model (macOS only);
     on Linux the caller passes an EvaluatorSession."""
     from transformers import AutoTokenizer
-
-    from mobilekit.targets.coreml import MODEL_FILE
 
     tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
     # The prompt is already chat-formatted (the template writes any BOS itself).

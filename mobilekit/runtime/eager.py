@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.modeling import Decoder, EagerDecoder, rotary_tables
 from mobilekit.modeling.decoder import attention, attention_mask, select_rows
 from mobilekit.runtime import Session
 
@@ -59,8 +59,6 @@ class DecoderReference:
 
     def __init__(self, decoder: Decoder, config: dict, max_seq_len: int):
         from types import SimpleNamespace
-
-        from mobilekit.modeling import EagerDecoder
 
         self._eager = EagerDecoder(decoder)
         self._session = EagerSession(decoder, max_seq_len)

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from mobilekit.runtime import Session, threads
-from mobilekit.targets import GenerationResult
+from mobilekit.formats.executorch import FORWARD_METHOD
+from mobilekit.runtime import GenerationResult, Session, threads
 
 RUNNER = "ExecuTorch TextLLMRunner"
 
@@ -33,7 +33,7 @@ class ExecuTorchSession(Session):
         from executorch.runtime import Runtime
 
         _set_threads()
-        self._method = Runtime.get().load_program(pte).load_method("forward")
+        self._method = Runtime.get().load_program(pte).load_method(FORWARD_METHOD)
 
     def _run(self, tokens):
         ids = torch.tensor([tokens], dtype=torch.long)

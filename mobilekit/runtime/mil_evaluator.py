@@ -45,6 +45,7 @@ from typing import Callable
 import numpy as np
 
 from mobilekit.errors import BundleError, TargetUnavailable
+from mobilekit.formats.coreml import load_program
 
 PRECISIONS = ("model", "fp16", "fp32")
 
@@ -603,8 +604,6 @@ def _declared_precision(main) -> str:
 
 def load_evaluator(path: Path, precision: str = "model") -> Evaluator:
     """The evaluator for the saved .mlpackage at `path`."""
-    from mobilekit.runtime.coreml import load_program
-
     program, spec = load_program(Path(path))
     return Evaluator(program, spec, precision)
 

@@ -10,8 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from mobilekit.runtime import Session, threads
-from mobilekit.targets import GenerationResult
+from mobilekit.formats.onnx import (ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, is_past_name, is_present_name,
+                                    past_name_of, read_genai_config)
+from mobilekit.runtime import GenerationResult, Session, threads
 
 GENAI = "ONNX Runtime GenAI"
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -31,10 +32,9 @@ class OnnxSession(Session):
         options.intra_op_num_threads = threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        self._past_inputs = [i for i in self._session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past_inputs = [i for i in self._session.get_inputs() if is_past_name(i.name)]
         self._output_names = [o.name for o in self._session.get_outputs()]
-        # present.{i}.key -> past_key_values.{i}.key
-        self._feeds_back = {o: "past_key_values." + o[len("present."):] for o in self._output_names if o.startswith("present.")}
+        self._feeds_back = {o: past_name_of(o) for o in self._output_names if is_present_name(o)}
         self._past: dict[str, np.ndarray] = {}
         self.reset()
 
@@ -49,14 +49,14 @@ class OnnxSession(Session):
             self.reset()
         start, t = self.position, len(tokens)
         feeds = {
-            "input_ids": np.array([tokens], dtype=np.int64),
-            "attention_mask": np.ones((1, start + t), dtype=np.int64),
-            "position_ids": np.arange(start, start + t, dtype=np.int64)[None],
+            INPUT_IDS: np.array([tokens], dtype=np.int64),
+            ATTENTION_MASK: np.ones((1, start + t), dtype=np.int64),
+            POSITION_IDS: np.arange(start, start + t, dtype=np.int64)[None],
             **self._past,
         }
         outputs = dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
         self._past = {past: outputs[present] for present, past in self._feeds_back.items()}
-        return outputs["logits"][0, -1].astype(np.float32)
+        return outputs[LOGITS][0, -1].astype(np.float32)
 
 
 def genai_greedy(bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -88,9 +88,7 @@ def genai_generate(bundle_dir: Path, prompt: str, max_new_tokens: int,
     tokenizer = og.Tokenizer(model)
     stream = tokenizer.create_stream()
     prompt_ids = [int(i) for i in tokenizer.encode(prompt)]
-    declared = json.loads((bundle_dir / "genai_config.json").read_text())["model"]
-    context = declared["context_length"]
-    eos = set(declared["eos_token_id"] if isinstance(declared["eos_token_id"], list) else [declared["eos_token_id"]])
+    context, eos = read_genai_config(bundle_dir)
 
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=min(len(prompt_ids) + max_new_tokens, context))

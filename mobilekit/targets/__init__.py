@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mobilekit import quantize
 from mobilekit.errors import BundleError, UnknownNameError
-from mobilekit.modeling import Decoder
+from mobilekit.runtime import GenerationResult
+
+if TYPE_CHECKING:  # the registry stays importable without torch (`mobilekit list`, `--help`)
+    from mobilekit.modeling import Decoder
 
 TARGET_MODULES = ("coreml", "executorch", "onnx")
 
@@ -42,19 +46,6 @@ class Artefact:
     files: list[str]
     io: dict  # inputs / outputs / cache names and shapes, the contract apps rely on
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class GenerationResult:
-    """One generation through the app runtime, with its timings."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    time_to_first_token_s: float
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    runtime: str
 
 
 class Target:
@@ -102,8 +93,6 @@ class Target:
         raise NotImplementedError
 
     def runtime_versions(self) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
-
         versions = {}
         for package in self.packages:
             try:
@@ -122,7 +111,7 @@ class Target:
         raise NotImplementedError
 
     def weight_format(self):
-        """precision.WeightFormat of this target's quantizer, for --quant auto; None where
+        """quantize.WeightFormat of this target's quantizer, for --quant auto; None where
         the target does not offer it."""
         return None
 

@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from mobilekit.errors import TargetUnavailable
+from mobilekit.formats.executorch import (FORWARD_METHOD, INPUT_POS, LOGITS, MODEL_FILE, TOKENIZER_FILE, TOKENS,
+                                          constant_methods as runner_constant_methods)
 from mobilekit.lowering import replace_modules, spell_out_tanh_gelu, stage
 from mobilekit.memory import release_free_memory
-from mobilekit.precision import WeightFormat
-from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.modeling.decoder import LayerNorm, RMSNorm, Rotary, rotary_attention_factor, rotary_inv_freq
+from mobilekit.quantize import WeightFormat, no_quantization, quantizer
+from mobilekit.runtime.executorch import ExecuTorchSession, runner_generate
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
-
-MODEL_FILE = "model.pte"
 
 
 def _load_custom_ops() -> None:
@@ -308,17 +308,8 @@ def _owns_its_storage(t: torch.Tensor) -> bool:
 
 def constant_methods(request: ExportRequest) -> dict:
     spec = request.decoder.spec
-    return {
-        "get_max_seq_len": request.max_seq_len,
-        "get_max_context_len": request.max_seq_len,
-        "get_vocab_size": spec.vocab_size,
-        "get_n_layers": spec.num_layers,
-        "get_bos_id": request.bos_id if request.bos_id is not None else -1,
-        "get_eos_ids": list(request.eos_ids),
-        "use_kv_cache": True,
-        "use_sdpa_with_kv_cache": True,
-        "enable_dynamic_shape": True,
-    }
+    return runner_constant_methods(request.max_seq_len, spec.vocab_size, spec.num_layers, request.bos_id,
+                                   request.eos_ids)
 
 
 def cache_notes(spec: DecoderSpec) -> dict:
@@ -533,12 +524,12 @@ class ExecuTorchTarget(Target):
 
         cache_shape = [1, request.max_seq_len, spec.num_kv_heads, spec.head_dim]
         io = {
-            "method": "forward",
+            "method": FORWARD_METHOD,
             "inputs": [
-                {"name": "tokens", "dtype": "int64", "shape": [1, "T"]},
-                {"name": "input_pos", "dtype": "int64", "shape": [1]},
+                {"name": TOKENS, "dtype": "int64", "shape": [1, "T"]},
+                {"name": INPUT_POS, "dtype": "int64", "shape": [1]},
             ],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, spec.vocab_size]}],
+            "outputs": [{"name": LOGITS, "dtype": "float32", "shape": [1, spec.vocab_size]}],
             "kv_cache": {
                 "kind": "mutable buffers (llama::update_cache, llama::custom_sdpa)",
                 "layers": spec.num_layers,
@@ -556,17 +547,13 @@ class ExecuTorchTarget(Target):
         return executorch_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
-        from mobilekit.runtime.executorch import ExecuTorchSession
-
         _load_custom_ops()
         return ExecuTorchSession(bundle_dir / MODEL_FILE, manifest["max_seq_len"])
 
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:
-        from mobilekit.runtime.executorch import runner_generate
-
         _load_custom_ops()
-        return runner_generate(bundle_dir / MODEL_FILE, bundle_dir / "tokenizer.json", prompt, max_new_tokens, on_text,
+        return runner_generate(bundle_dir / MODEL_FILE, bundle_dir / TOKENIZER_FILE, prompt, max_new_tokens, on_text,
                                add_bos=manifest.get("add_bos", False))
 
 

@@ -16,6 +16,9 @@ RotaryEmbedding (rotary_embedding_dim for partial rotary) and one Attention node
 and present inside, softcap for Gemma 2). Sliding-window layers keep a full-length past and
 read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are ONNX Runtime's own
 MatMulNBits weight quantizer.
+
+The contract's names, genai_config.json and the manifest's io section live in
+mobilekit.formats.onnx, shared with the runtime.
 """
 
 from __future__ import annotations
@@ -32,19 +35,16 @@ import torch
 from torch import nn
 
 from mobilekit.errors import ExportError, TargetUnavailable
+from mobilekit.formats.onnx import (ATTENTION_MASK, DATA_FILE, GENAI_CONFIG, INPUT_IDS, LOGITS, MODEL_FILE,
+                                    PAST_SEQ, POSITION_IDS, SEQ, TOTAL_SEQ, genai_config, io_contract,
+                                    is_present_name, past_names, present_names)
 from mobilekit.lowering import modules_replaced, stage
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.precision import WeightFormat
-from mobilekit.quantize import no_quantization, quantizer, quantizer_for
+from mobilekit.modeling.decoder import RMSNorm, Rotary
+from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
+from mobilekit.runtime.onnx import OnnxSession, genai_generate, genai_greedy
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-GENAI_CONFIG = "genai_config.json"
-PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
-PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
-# Symbolic dims, named as in ONNX Runtime GenAI's own builder.
-SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_sequence_length"
 INT4_BLOCK_SIZE = 32
 OPSET = 23  # Attention (GQA, past/present), RotaryEmbedding, RMSNormalization
 _INSTALL = "pip install 'mobilekit[onnx]'"
@@ -58,14 +58,6 @@ def require_onnx(genai: bool = False) -> None:
             __import__(name)
         except ImportError as e:
             raise TargetUnavailable(f"the ONNX target needs {name} ({e}): {_INSTALL}") from e
-
-
-def past_names(num_layers: int) -> list[str]:
-    return [name % i for i in range(num_layers) for name in (PAST_KEY, PAST_VALUE)]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [name % i for i in range(num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
 
 
 # --- ops that translate to one ONNX node each -----------------------------------------------
@@ -88,7 +80,6 @@ def _onnx_ops() -> dict:
     from torch.library import custom_op
     from onnxscript import opset23 as op
 
-    from mobilekit.modeling.decoder import Rotary
 
     @custom_op("mobilekit_onnx::rotary", mutates_args=())
     def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -195,8 +186,6 @@ class _OnnxRotary(nn.Module):
 def _onnx_modules(decoder: Decoder):
     """The decoder with its norms and rotaries swapped for the one-node forms while
     exporting; the caller's decoder is restored afterwards."""
-    from mobilekit.modeling.decoder import RMSNorm, Rotary
-
     def onnx_form(child: nn.Module) -> nn.Module | None:
         if isinstance(child, RMSNorm):
             return _OnnxRMSNorm(child)
@@ -335,7 +324,7 @@ def _readable_names(model) -> None:
 def _name_dims(model) -> None:
     """Present length is P+T; call it total_sequence_length as the attention mask does."""
     for value in model.graph.outputs:
-        if value.name.startswith("present.") and value.shape is not None:
+        if is_present_name(value.name) and value.shape is not None:
             dims = list(value.shape)
             dims[2] = TOTAL_SEQ
             value.shape = type(value.shape)(dims)
@@ -384,8 +373,8 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
             onnx_program = torch.onnx.export(
                 program, example, dynamo=True, dynamic_shapes=names, opset_version=OPSET,
                 custom_translation_table=ops["translations"],
-                input_names=["input_ids", "attention_mask", "position_ids", *past_names(n)],
-                output_names=["logits", *present_names(n)],
+                input_names=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(n)],
+                output_names=[LOGITS, *present_names(n)],
                 optimize=False, verbose=False,
             )
     finally:
@@ -548,10 +537,11 @@ def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
 
 
 def onnx_weight_format():
-    """precision.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
+    """quantize.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
     block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
     embedding follows the head; an untied one stays fp32); activations are quantized inside
     the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
+
     def weight(module, kind: str, bits: int):
         block = NBITS["int4" if bits == 4 else "int8"][1]
         w = module.weight.detach().float()
@@ -586,128 +576,6 @@ def _save(model, path: Path) -> None:
             os.replace(tmp / name, path.parent / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- GenAI config and I/O description ----------------------------------------------------
-
-
-def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int]) -> dict:
-    """The genai_config.json ONNX Runtime GenAI loads the folder with (fields as its own
-    builder writes them; past_present_share_buffer false because present = concat(past, new))."""
-    eos = list(eos_ids)
-    model = {
-        "context_length": max_seq_len,
-        "decoder": {
-            "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-            "filename": MODEL_FILE,
-            "head_size": spec.head_dim,
-            "hidden_size": spec.hidden_size,
-            "inputs": {
-                "input_ids": "input_ids",
-                "attention_mask": "attention_mask",
-                "position_ids": "position_ids",
-                "past_key_names": PAST_KEY,
-                "past_value_names": PAST_VALUE,
-            },
-            "outputs": {
-                "logits": "logits",
-                "present_key_names": PRESENT_KEY,
-                "present_value_names": PRESENT_VALUE,
-            },
-            "num_attention_heads": spec.num_heads,
-            "num_hidden_layers": spec.num_layers,
-            "num_key_value_heads": spec.num_kv_heads,
-        },
-        "eos_token_id": eos[0] if len(eos) == 1 else eos,
-        "pad_token_id": eos[0] if eos else 0,
-        # GenAI picks its model class (how it feeds inputs and the cache) by type; every mobilekit
-        # graph has the same decoder-only I/O whatever the family, which "llama" names. Family
-        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one.
-        "type": "llama",
-        "vocab_size": spec.vocab_size,
-    }
-    if bos_id is not None:
-        model["bos_token_id"] = bos_id
-    search = {
-        "diversity_penalty": 0.0,
-        "do_sample": False,
-        "early_stopping": True,
-        "length_penalty": 1.0,
-        "max_length": max_seq_len,
-        "min_length": 0,
-        "no_repeat_ngram_size": 0,
-        "num_beams": 1,
-        "num_return_sequences": 1,
-        "past_present_share_buffer": False,
-        "repetition_penalty": 1.0,
-        "temperature": 1.0,
-        "top_k": 1,
-        "top_p": 1.0,
-    }
-    return {"model": model, "search": search}
-
-
-def sliding_window_note(spec) -> dict | None:
-    """How sliding-window layers are run (None if the model has none): the past stays full
-    length and the window is a mask, so results are exact at any context but the cache of
-    a sliding layer is as large as a full layer's."""
-    layers = [i for i in range(spec.num_layers) if spec.layer_window(i)]
-    if not layers:
-        return None
-    return {
-        "window": spec.sliding_window,
-        "layers": layers,
-        "cache": "full length: past/present of sliding layers hold every position, like the other layers",
-        "masking": "inside the graph: in a sliding layer query position q sees key positions k with "
-        "q - window < k <= q (and attention_mask[k] = 1)",
-    }
-
-
-def per_layer_kv_note(spec) -> dict:
-    """Where layers differ in kv heads (OpenELM): each layer's count, since each past/present
-    input has its own shape (kv_heads is the largest)."""
-    if spec.uniform_kv_heads:
-        return {}
-    return {
-        "kv_heads_per_layer": [spec.layer_kv_heads(i) for i in range(spec.num_layers)],
-        "per_layer_shapes": "past/present of layer i are [1, kv_heads_per_layer[i], sequence, head_dim]",
-    }
-
-
-def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
-    n, kv, hd = spec.num_layers, spec.num_kv_heads, spec.head_dim
-    past = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), PAST_SEQ, hd]}
-            for j, name in enumerate(past_names(n))]
-    present = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), TOTAL_SEQ, hd]}
-               for j, name in enumerate(present_names(n))]
-    return {
-        "inputs": [
-            {"name": "input_ids", "dtype": "int64", "shape": [1, SEQ]},
-            {"name": "attention_mask", "dtype": "int64", "shape": [1, TOTAL_SEQ]},
-            {"name": "position_ids", "dtype": "int64", "shape": [1, SEQ]},
-            *past,
-        ],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, SEQ, spec.vocab_size]}, *present],
-        "kv_cache": {
-            "kind": "past/present tensors: feed present.{i}.* back as past_key_values.{i}.*; "
-            "present = concat(past, new) along the sequence axis",
-            "layers": n,
-            "kv_heads": kv,
-            "head_dim": hd,
-            "layout": ["batch", "kv_heads", "sequence", "head_dim"],
-            "shape_per_layer": [1, kv, PAST_SEQ, hd],
-            "dtype": kv_dtype,
-            "past_key_names": PAST_KEY,
-            "past_value_names": PAST_VALUE,
-            "present_key_names": PRESENT_KEY,
-            "present_value_names": PRESENT_VALUE,
-            "max_seq_len": max_seq_len,
-            "first_call_past_sequence_length": 0,
-            "sliding_window": sliding_window_note(spec),
-            **per_layer_kv_note(spec),
-        },
-        "genai_config": GENAI_CONFIG,
-    }
 
 
 class OnnxTarget(Target):
@@ -745,21 +613,15 @@ class OnnxTarget(Target):
         return onnx_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
-        from mobilekit.runtime.onnx import OnnxSession
-
         require_onnx()
         return OnnxSession(Path(bundle_dir) / MODEL_FILE, manifest["max_seq_len"])
 
     def app_runtime_greedy(self, bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        from mobilekit.runtime.onnx import genai_greedy
-
         require_onnx(genai=True)
         return genai_greedy(bundle_dir, prompt_ids, max_new_tokens)
 
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:
-        from mobilekit.runtime.onnx import genai_generate
-
         require_onnx(genai=True)
         return genai_generate(Path(bundle_dir), prompt, max_new_tokens, on_text)
 

@@ -12,7 +12,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
 from mobilekit.runtime import mil_evaluator as me  # noqa: E402
-from mobilekit.runtime.coreml import MASKED, causal_mask  # noqa: E402
+from mobilekit.formats.coreml import MASKED, causal_mask  # noqa: E402
 
 
 def program(specs: dict, precision: str = "model"):

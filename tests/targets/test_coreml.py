@@ -17,6 +17,8 @@ from mobilekit.targets import ExportRequest, get
 
 from mobilekit.runtime import coreml as rt
 from mobilekit.targets import coreml as cm
+from mobilekit.formats import coreml as coreml_format
+from mobilekit.lowering import coreml as lowering
 
 SCHEMES = get("coreml").schemes
 MAX_SEQ_LEN = 64
@@ -284,7 +286,7 @@ def test_spec_from_manifest_rebuilds_rope_scaling(bundles):
 def test_causal_mask_positions():
     mask = rt.causal_mask(2, 5)  # two new tokens at positions 3 and 4
     assert mask.shape == (1, 1, 2, 5) and mask.dtype == np.float16
-    assert (mask[0, 0, 0] == [0, 0, 0, 0, rt.MASKED]).all()
+    assert (mask[0, 0, 0] == [0, 0, 0, 0, coreml_format.MASKED]).all()
     assert (mask[0, 0, 1] == 0).all()
 
 
@@ -310,7 +312,7 @@ def test_fp16_safe_norm_equals_rms_norm():
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0)
     x = torch.randn(4, 64).clamp(-4, 4) * torch.tensor([1e-3, 1.0, 300.0, 1.5e4])[:, None]  # fp16 max 65504
-    assert torch.allclose(cm._fp16_safe_rms_norm(norm, x), norm(x), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(lowering._fp16_safe_rms_norm(norm, x), norm(x), rtol=1e-4, atol=1e-6)
     # In fp16 throughout (what Core ML's fp16 compute makes of the decoder's norm) x^2
     # overflows on the large rows and they normalize to 0; the safe form stays right.
     half = RMSNorm(64, 1e-5).half()
@@ -319,7 +321,7 @@ def test_fp16_safe_norm_equals_rms_norm():
     xh = x.half()
     plain = (half.weight * (xh * torch.rsqrt(xh.pow(2).mean(-1, keepdim=True) + half.eps))).float()
     assert torch.all(plain[2:] == 0)
-    safe = cm._fp16_safe_rms_norm(half, xh).float()
+    safe = lowering._fp16_safe_rms_norm(half, xh).float()
     assert torch.allclose(safe, norm(x), rtol=1e-2, atol=1e-2)
 
 
@@ -331,7 +333,7 @@ def test_fp16_safe_layer_norm_equals_layer_norm():
         norm.weight.uniform_(0.5, 2.0)
         norm.bias.uniform_(-1.0, 1.0)
     x = (torch.randn(4, 64).clamp(-4, 4) + 0.5) * torch.tensor([1e-3, 1.0, 300.0, 1.2e4])[:, None]
-    assert torch.allclose(cm._fp16_safe_layer_norm(norm, x), norm(x), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(lowering._fp16_safe_layer_norm(norm, x), norm(x), rtol=1e-4, atol=1e-5)
     # A variance computed in fp16 (what Core ML's fp16 compute may make of layer_norm) overflows on
     # the large rows; the safe form, in fp16 throughout, stays right.
     xh = x.half()
@@ -341,7 +343,7 @@ def test_fp16_safe_layer_norm_equals_layer_norm():
     with torch.no_grad():
         half.weight.copy_(norm.weight)
         half.bias.copy_(norm.bias)
-    assert torch.allclose(cm._fp16_safe_layer_norm(half, xh).float(), norm(x), rtol=1e-2, atol=2e-2)
+    assert torch.allclose(lowering._fp16_safe_layer_norm(half, xh).float(), norm(x), rtol=1e-2, atol=2e-2)
 
 
 def test_fp16_safe_norms_cover_every_norm_and_refuse_a_changed_norm(monkeypatch):
@@ -353,12 +355,12 @@ def test_fp16_safe_norms_cover_every_norm_and_refuse_a_changed_norm(monkeypatch)
 
     rms = Decoder(DecoderSpec(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                               intermediate_size=64, max_position_embeddings=64, qk_norm=True))
-    swapped = cm.apply_fp16_safe_norms(rms)
+    swapped = lowering.apply_fp16_safe_norms(rms)
     names = {n for n, m in rms.named_modules() if any(m is s for s in swapped)}
     assert {"layers.0.attention.q_norm", "layers.0.attention.k_norm", "layers.0.input_norm", "norm"} <= names
     layer = Decoder(DecoderSpec(vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
                                 head_dim=16, intermediate_size=64, max_position_embeddings=64, norm="layer"))
-    with cm.fp16_safe_norms(layer):
+    with lowering.fp16_safe_norms(layer):
         assert all("forward" in vars(m) for m in layer.modules() if isinstance(m, LayerNorm))
     assert not any("forward" in vars(m) for m in layer.modules() if isinstance(m, (LayerNorm, RMSNorm)))
 
@@ -368,9 +370,9 @@ def test_fp16_safe_norms_cover_every_norm_and_refuse_a_changed_norm(monkeypatch)
         c = y - y.mean(-1, keepdim=True)
         return c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + self.eps / s / s) * self.weight
 
-    monkeypatch.setitem(cm.FP16_SAFE_NORMS, LayerNorm, no_bias)
+    monkeypatch.setitem(lowering.FP16_SAFE_NORMS, LayerNorm, no_bias)
     with pytest.raises(ExportError, match="LayerNorm no longer matches"):
-        cm.apply_fp16_safe_norms(layer)
+        lowering.apply_fp16_safe_norms(layer)
 
 
 # --- every family: sliding windows, softcaps, q/k norms, learned positions --------------------
@@ -425,7 +427,7 @@ def test_wrapper_window_mask_is_what_bites(tiny_family, monkeypatch):
     from mobilekit.runtime.eager import EagerSession
 
     decoder = tiny_family("gemma2").build_decoder()
-    monkeypatch.setattr(cm, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
+    monkeypatch.setattr(lowering, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
     eager = EagerSession(decoder, MAX_SEQ_LEN)
     wrapper = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
     eager.reset()

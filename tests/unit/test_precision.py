@@ -4,7 +4,7 @@ with ExecuTorch's weight format (the real torchao quantizers)."""
 import pytest
 import torch
 
-from mobilekit import precision, targets
+from mobilekit import precision, quantize, targets
 from mobilekit.checkpoint import resolve
 from mobilekit.errors import ExportError
 
@@ -12,13 +12,13 @@ from mobilekit.errors import ExportError
 @pytest.mark.parametrize("text, expected", [("110MB", 110_000_000), ("1.5GB", 1_500_000_000), ("900k", 900_000),
                                             ("4096", 4096), (" 12 mb ", 12_000_000)])
 def test_sizes_parse(text, expected):
-    assert precision.parse_size(text) == expected
+    assert quantize.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "MB", "ten MB", "-5MB", "0", "5TB", "nanMB", "infGB"])
 def test_bad_sizes_say_how_to_write_one(text):
     with pytest.raises(ExportError, match="--max-size"):
-        precision.parse_size(text)
+        quantize.parse_size(text)
 
 
 def test_a_goal_is_exactly_one_of_size_and_quality():

@@ -1,0 +1,30 @@
+"""The ExecuTorch bundle format: what the writer (mobilekit.targets.executorch) and the
+readers (mobilekit.runtime.executorch, ExecuTorch's LLM runner in the apps) agree on.
+
+`model.pte` with one method, forward(tokens [1,T] int64, input_pos [1] int64) -> logits
+[1,V] of the last token, its KV cache in mutable buffers; the runner reads the constant
+methods below, named exactly as its C++ code looks them up, and the bundle's tokenizer.json.
+"""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.pte"
+TOKENIZER_FILE = "tokenizer.json"
+FORWARD_METHOD = "forward"
+TOKENS, INPUT_POS, LOGITS = "tokens", "input_pos", "logits"
+
+
+def constant_methods(max_seq_len: int, vocab_size: int, num_layers: int, bos_id: int | None,
+                     eos_ids: list[int]) -> dict:
+    """The constant methods ExecuTorch's TextLLMRunner reads (bos -1 = none)."""
+    return {
+        "get_max_seq_len": max_seq_len,
+        "get_max_context_len": max_seq_len,
+        "get_vocab_size": vocab_size,
+        "get_n_layers": num_layers,
+        "get_bos_id": bos_id if bos_id is not None else -1,
+        "get_eos_ids": list(eos_ids),
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": True,
+        "enable_dynamic_shape": True,
+    }

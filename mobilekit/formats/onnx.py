@@ -1,0 +1,179 @@
+"""The ONNX bundle format: what the writer (mobilekit.targets.onnx) and the readers
+(mobilekit.runtime.onnx, ONNX Runtime GenAI) agree on.
+
+`model.onnx` + `model.onnx.data` + `genai_config.json`, in the layout of Hugging Face /
+optimum decoder exports, which GenAI reads through `genai_config.json` with
+`past_present_share_buffer: false`:
+
+  inputs   input_ids [1,T] int64, attention_mask [1,P+T] int64, position_ids [1,T] int64,
+           past_key_values.{i}.key|value [1,kv_heads,P,head_dim]
+  outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim]
+
+present = concat(past, new): the app feeds each present back as the next past.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+GENAI_CONFIG = "genai_config.json"
+PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
+PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+# Symbolic dims, named as in ONNX Runtime GenAI's own builder.
+SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_sequence_length"
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [name % i for i in range(num_layers) for name in (PAST_KEY, PAST_VALUE)]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [name % i for i in range(num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
+
+
+def past_name_of(present_name: str) -> str:
+    """The past input a present output is fed back as: present.{i}.key -> past_key_values.{i}.key."""
+    return PAST_PREFIX + present_name.removeprefix(PRESENT_PREFIX)
+
+
+def is_past_name(name: str) -> bool:
+    return name.startswith(PAST_PREFIX)
+
+
+def is_present_name(name: str) -> bool:
+    return name.startswith(PRESENT_PREFIX)
+
+
+def read_genai_config(bundle_dir: Path) -> tuple[int, set[int]]:
+    """(context length, stop token ids) that genai_config.json declares."""
+    declared = json.loads((Path(bundle_dir) / GENAI_CONFIG).read_text())["model"]
+    eos = declared["eos_token_id"]
+    return declared["context_length"], set(eos if isinstance(eos, list) else [eos])
+
+
+# --- GenAI config and I/O description ----------------------------------------------------
+
+
+def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int]) -> dict:
+    """The genai_config.json ONNX Runtime GenAI loads the folder with (fields as its own
+    builder writes them; past_present_share_buffer false because present = concat(past, new))."""
+    eos = list(eos_ids)
+    model = {
+        "context_length": max_seq_len,
+        "decoder": {
+            "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+            "filename": MODEL_FILE,
+            "head_size": spec.head_dim,
+            "hidden_size": spec.hidden_size,
+            "inputs": {
+                "input_ids": INPUT_IDS,
+                "attention_mask": ATTENTION_MASK,
+                "position_ids": POSITION_IDS,
+                "past_key_names": PAST_KEY,
+                "past_value_names": PAST_VALUE,
+            },
+            "outputs": {
+                "logits": LOGITS,
+                "present_key_names": PRESENT_KEY,
+                "present_value_names": PRESENT_VALUE,
+            },
+            "num_attention_heads": spec.num_heads,
+            "num_hidden_layers": spec.num_layers,
+            "num_key_value_heads": spec.num_kv_heads,
+        },
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "pad_token_id": eos[0] if eos else 0,
+        # GenAI picks its model class (how it feeds inputs and the cache) by type; every mobilekit
+        # graph has the same decoder-only I/O whatever the family, which "llama" names. Family
+        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one.
+        "type": "llama",
+        "vocab_size": spec.vocab_size,
+    }
+    if bos_id is not None:
+        model["bos_token_id"] = bos_id
+    search = {
+        "diversity_penalty": 0.0,
+        "do_sample": False,
+        "early_stopping": True,
+        "length_penalty": 1.0,
+        "max_length": max_seq_len,
+        "min_length": 0,
+        "no_repeat_ngram_size": 0,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "past_present_share_buffer": False,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_k": 1,
+        "top_p": 1.0,
+    }
+    return {"model": model, "search": search}
+
+
+def sliding_window_note(spec) -> dict | None:
+    """How sliding-window layers are run (None if the model has none): the past stays full
+    length and the window is a mask, so results are exact at any context but the cache of
+    a sliding layer is as large as a full layer's."""
+    layers = [i for i in range(spec.num_layers) if spec.layer_window(i)]
+    if not layers:
+        return None
+    return {
+        "window": spec.sliding_window,
+        "layers": layers,
+        "cache": "full length: past/present of sliding layers hold every position, like the other layers",
+        "masking": "inside the graph: in a sliding layer query position q sees key positions k with "
+        "q - window < k <= q (and attention_mask[k] = 1)",
+    }
+
+
+def per_layer_kv_note(spec) -> dict:
+    """Where layers differ in kv heads (OpenELM): each layer's count, since each past/present
+    input has its own shape (kv_heads is the largest)."""
+    if spec.uniform_kv_heads:
+        return {}
+    return {
+        "kv_heads_per_layer": [spec.layer_kv_heads(i) for i in range(spec.num_layers)],
+        "per_layer_shapes": "past/present of layer i are [1, kv_heads_per_layer[i], sequence, head_dim]",
+    }
+
+
+def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
+    n, kv, hd = spec.num_layers, spec.num_kv_heads, spec.head_dim
+    past = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), PAST_SEQ, hd]}
+            for j, name in enumerate(past_names(n))]
+    present = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), TOTAL_SEQ, hd]}
+               for j, name in enumerate(present_names(n))]
+    return {
+        "inputs": [
+            {"name": INPUT_IDS, "dtype": "int64", "shape": [1, SEQ]},
+            {"name": ATTENTION_MASK, "dtype": "int64", "shape": [1, TOTAL_SEQ]},
+            {"name": POSITION_IDS, "dtype": "int64", "shape": [1, SEQ]},
+            *past,
+        ],
+        "outputs": [{"name": LOGITS, "dtype": "float32", "shape": [1, SEQ, spec.vocab_size]}, *present],
+        "kv_cache": {
+            "kind": "past/present tensors: feed present.{i}.* back as past_key_values.{i}.*; "
+            "present = concat(past, new) along the sequence axis",
+            "layers": n,
+            "kv_heads": kv,
+            "head_dim": hd,
+            "layout": ["batch", "kv_heads", "sequence", "head_dim"],
+            "shape_per_layer": [1, kv, PAST_SEQ, hd],
+            "dtype": kv_dtype,
+            "past_key_names": PAST_KEY,
+            "past_value_names": PAST_VALUE,
+            "present_key_names": PRESENT_KEY,
+            "present_value_names": PRESENT_VALUE,
+            "max_seq_len": max_seq_len,
+            "first_call_past_sequence_length": 0,
+            "sliding_window": sliding_window_note(spec),
+            **per_layer_kv_note(spec),
+        },
+        "genai_config": GENAI_CONFIG,
+    }
+

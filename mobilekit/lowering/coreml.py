@@ -1,0 +1,180 @@
+"""Core ML's export-time forms of the decoder, shared by the writer (mobilekit.targets.coreml
+converts them) and the Python runtime (mobilekit.runtime.coreml's WrapperSession runs the same
+module eagerly): the stateful wrapper `CoreMLDecoder` and the torch-side rewrites applied while
+the decoder is traced (fp16-safe norms, element-wise tanh-GELU).
+
+The I/O names and cache layout are the Core ML format's (mobilekit.formats.coreml).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from types import MethodType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilekit.errors import ExportError
+from mobilekit.formats.coreml import KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER
+from mobilekit.modeling import Decoder, rotary_tables
+from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
+
+
+# --- the module that is converted -------------------------------------------------------
+
+
+class CoreMLDecoder(nn.Module):
+    """The decoder with its KV cache in two fp16 buffers that coremltools turns into the
+    states keyCache/valueCache [layers, 1, kv_heads, max_seq_len, head_dim].
+
+    Sliding-window layers (Gemma 2/3) keep the same full-length cache: the app passes the
+    plain causal mask, and the window (key > query - window) is added in the graph from the
+    positions, so the cache is not smaller than max_seq_len for them."""
+
+    def __init__(self, decoder: Decoder, max_seq_len: int):
+        super().__init__()
+        spec = decoder.spec
+        setattr(self, WRAPPED_DECODER, decoder)
+        self.max_seq_len = max_seq_len
+        self.rope_kinds = tuple(spec.rope_kinds)
+        for kind, (cos, sin) in rotary_tables(spec, max_seq_len).items():
+            self.register_buffer(f"rope_cos_{kind}", cos, persistent=False)
+            self.register_buffer(f"rope_sin_{kind}", sin, persistent=False)
+        # Absolute positions 0..max_seq_len-1, sliced like the rotary tables: learned position
+        # embeddings (GPT-2) gather them and the sliding-window masks compare them.
+        self.register_buffer("positions", torch.arange(max_seq_len), persistent=False)
+        self.windows = sorted({w for w in map(spec.layer_window, range(spec.num_layers)) if w})
+        # Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16). One
+        # state for all layers, as swift-transformers loads it: where layers differ in kv heads
+        # (OpenELM), it is sized for the largest and layer i uses its first layer_kv_heads(i).
+        shape = (spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim)
+        self.register_buffer(KEY_CACHE, torch.zeros(shape, dtype=torch.float16))
+        self.register_buffer(VALUE_CACHE, torch.zeros(shape, dtype=torch.float16))
+
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        decoder: Decoder = getattr(self, WRAPPED_DECODER)
+        spec = decoder.spec
+        seq_len = inputIds.shape[1]
+        end = causalMask.shape[-1]
+        start = end - seq_len
+        rope = {
+            kind: (getattr(self, f"rope_cos_{kind}")[start:end], getattr(self, f"rope_sin_{kind}")[start:end])
+            for kind in self.rope_kinds
+        }
+        positions = self.positions[start:end]
+        # One additive mask per window size: the app's causal mask, with the keys that fell
+        # out of the window (key <= query - window) masked too.
+        masks = {None: causalMask}
+        if self.windows:
+            too_far = self.positions[:end][None, :] - positions[:, None]  # key - query, [T, end]
+            for window in self.windows:
+                masks[window] = torch.where(too_far <= -window, MASKED_VALUE, causalMask)
+        softcap = spec.attention_softcap
+        # Core ML's fused scaled_dot_product_attention (iOS 18) has no scale argument, and
+        # coremltools decomposes any SDPA that passes one: fold a non-default scale into q.
+        q_scale = spec.attention_scale * math.sqrt(spec.head_dim)
+        key_cache, value_cache = getattr(self, KEY_CACHE), getattr(self, VALUE_CACHE)
+
+        def attend(i, q, k, v):
+            q = q.transpose(1, 2)  # [1, H, T, hd]
+            kv, groups = spec.layer_kv_heads(i), spec.layer_heads(i) // spec.layer_kv_heads(i)
+            key_cache[i : i + 1, :, :kv, start:end, :] = k.transpose(1, 2).unsqueeze(0).to(key_cache.dtype)
+            value_cache[i : i + 1, :, :kv, start:end, :] = v.transpose(1, 2).unsqueeze(0).to(value_cache.dtype)
+            keys = repeat_kv(key_cache[i, :, :kv, :end, :].to(q.dtype), groups)
+            values = repeat_kv(value_cache[i, :, :kv, :end, :].to(q.dtype), groups)
+            mask = masks[spec.layer_window(i)].to(q.dtype)
+            if softcap is None:
+                if not math.isclose(q_scale, 1.0, rel_tol=1e-9):
+                    q = q * q_scale
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            else:
+                # Gemma 2: scores = c * tanh(s * q.k / c), capped before the mask; SDPA cannot
+                # cap, so these layers spell attention out. The scale goes on q first, which
+                # keeps q.k in range under fp16 compute.
+                scores = torch.tanh((q * (spec.attention_scale / softcap)) @ keys.transpose(-1, -2)) * softcap
+                out = torch.softmax(scores + mask, dim=-1) @ values
+            return out.transpose(1, 2).reshape(1, seq_len, -1)
+
+        return decoder(inputIds, rope, attend, positions=positions)
+
+
+# --- fp16-safe norms ----------------------------------------------------------------------
+# Under Core ML's fp16 compute the decoder's `x.float()` is a no-op, and x^2 overflows fp16
+# (max 65504) on the massive activations of trained LMs (SmolLM2-135M carries |x| ~ 2.5e4 on
+# the first token from layer 12 on; GPT-2 style models carry thousands): the row normalizes
+# to 0 (RMSNorm) or inf/NaN (a variance computed in fp16), and top-1 agreement collapses (4%
+# in a torch fp16 simulation of SmolLM2). Dividing by max|x| first keeps every intermediate
+# in range; in exact arithmetic each form is the same function. Core ML's own layer_norm op
+# gives no guarantee of wider accumulation on every compute unit (the ANE computes in fp16),
+# so LayerNorm is spelled out the same way rather than left to F.layer_norm.
+
+
+def _eps_over_square(eps: float, s: torch.Tensor) -> torch.Tensor:
+    # eps / s^2 in two divisions, each result in fp16's normal range for any sensible s.
+    # `eps / s` would export as reciprocal(s) * eps, which Core ML computes as
+    # 1 / (s + 1e-4) (its `inverse` op's default epsilon).
+    return torch.full_like(s, eps) / s / s
+
+
+def _fp16_safe_rms_norm(self: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    y = x / s
+    normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + _eps_over_square(self.eps, s))
+    return self.weight * normed
+
+
+def _fp16_safe_layer_norm(self: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    s = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    y = x / s
+    centered = y - y.mean(-1, keepdim=True)
+    normed = centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + _eps_over_square(self.eps, s))
+    y = normed * self.weight
+    return y if self.bias is None else y + self.bias  # gain-only LayerNorm (open_lm) has no bias
+
+
+FP16_SAFE_NORMS = {RMSNorm: _fp16_safe_rms_norm, LayerNorm: _fp16_safe_layer_norm}
+
+
+def _check_fp16_safe_form(norm: nn.Module, safe) -> None:
+    # If the decoder's norm ever changes (offset, different eps handling), refuse rather than
+    # diverge. Weights and bias are randomized in a copy so that a lost term shows.
+    probe_norm = copy.deepcopy(norm).float()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in probe_norm.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    probe = torch.randn(3, probe_norm.weight.shape[0], generator=gen) * 50
+    with torch.no_grad():
+        want, got = probe_norm(probe).float(), safe(probe_norm, probe).float()
+    if not torch.allclose(want, got, rtol=1e-3, atol=1e-3):
+        raise ExportError(
+            f"mobilekit.modeling.{type(norm).__name__} no longer matches the Core ML target's fp16-safe "
+            f"form ({safe.__name__} in mobilekit/lowering/coreml.py): update that function"
+        )
+
+
+def apply_fp16_safe_norms(decoder: Decoder) -> list[nn.Module]:
+    """Swap the decoder's RMSNorms and LayerNorms (q/k norms over head_dim included) for
+    their fp16-safe forms, in place; returns those swapped."""
+    norms = [m for m in decoder.modules() if type(m) in FP16_SAFE_NORMS]
+    for kind, safe in FP16_SAFE_NORMS.items():
+        first = next((m for m in norms if type(m) is kind), None)
+        if first is not None:
+            _check_fp16_safe_form(first, safe)
+    for m in norms:
+        m.forward = MethodType(FP16_SAFE_NORMS[type(m)], m)
+    return norms
+
+
+@contextmanager
+def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
+    """The fp16-safe norms while the decoder is traced; the originals again on exit."""
+    norms = apply_fp16_safe_norms(decoder) if enabled else []
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
