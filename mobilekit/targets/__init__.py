@@ -1,4 +1,7 @@
-"""Target registry: executorch, onnx, coreml. Registry key = module stem = CLI value.
+"""Target registry: every module of this package (executorch, onnx, coreml) defines one
+Target as `TARGET`. Registry key = module stem = CLI value; the modules are found by listing
+the package, so a new target is a new module here (plus its formats/, lowering/ and runtime/
+modules), with no list to edit.
 
 Every target is registered always; a target checks that its converter and runtime are
 installed only when it is used (TargetUnavailable names the pip extra to install).
@@ -7,6 +10,7 @@ installed only when it is used (TargetUnavailable names the pip extra to install
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,7 +23,8 @@ from mobilekit.runtime import GenerationResult
 if TYPE_CHECKING:  # the registry stays importable without torch (`mobilekit list`, `--help`)
     from mobilekit.modeling import Decoder
 
-TARGET_MODULES = ("coreml", "executorch", "onnx")
+# Listing the package's files imports nothing: `mobilekit --help` stays light.
+TARGET_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 @dataclass
