@@ -7,7 +7,8 @@ import sys
 import numpy as np
 
 from mobilekit.runtime import mil_evaluator as me
-from mobilekit.runtime.coreml import EVALUATOR_RUNTIME, EvaluatorSession, load_program
+from mobilekit.formats.coreml import load_program
+from mobilekit.runtime.coreml import EVALUATOR_RUNTIME, EvaluatorSession
 from mobilekit.runtime.eager import EagerSession
 from mobilekit.targets.coreml import MODEL_FILE
 

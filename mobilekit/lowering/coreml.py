@@ -1,7 +1,7 @@
-"""Core ML's export-time forms of the decoder, shared by the writer (mobilekit.targets.coreml
-converts them) and the Python runtime (mobilekit.runtime.coreml's WrapperSession runs the same
-module eagerly): the stateful wrapper `CoreMLDecoder` and the torch-side rewrites applied while
-the decoder is traced (fp16-safe norms, element-wise tanh-GELU).
+"""Core ML's export-time forms of the decoder, which mobilekit.targets.coreml converts: the
+stateful wrapper `CoreMLDecoder` and the fp16-safe norms applied while the decoder is traced;
+and the mapping of the converted program's weights back onto the decoder's names. (The tests
+also run the wrapper eagerly: tests/coreml_helpers.py.)
 
 The I/O names and cache layout are the Core ML format's (mobilekit.formats.coreml).
 """
@@ -9,6 +9,8 @@ The I/O names and cache layout are the Core ML format's (mobilekit.formats.corem
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 import math
 from contextlib import contextmanager
 from types import MethodType
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilekit.errors import ExportError
+from mobilekit.errors import ExportError, ValidationFailed
 from mobilekit.formats.coreml import KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
@@ -178,3 +180,201 @@ def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
     finally:
         for m in norms:
             del m.forward
+
+
+# --- weight names in the converted program --------------------------------------------------
+# The export records which decoder weights have no const of their own in the package (folded
+# away by the converter, or merged by its const deduplication), and tests read a package's
+# weights back: both map the program's consts onto the decoder's parameter names.
+
+# Suffixes coremltools appends to a weight's name as passes rewrite it (fp16 cast,
+# compression); stripped to recover the torch.export placeholder name p_decoder_<key>.
+WEIGHT_NAME_SUFFIXES = ("_to_fp16", "_to_fp32", "_quantized", "_palettized", "_sparsified", "_dequantized")
+PARAM_PREFIX = "p_decoder_"
+# constexpr ops that turn stored data into a weight (iOS 16 and iOS 18 opsets)
+DEQUANTIZING_OPS = (
+    "constexpr_blockwise_shift_scale",
+    "constexpr_lut_to_dense",
+    "constexpr_affine_dequantize",
+    "constexpr_sparse_to_dense",
+)
+
+
+def _base_name(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in WEIGHT_NAME_SUFFIXES:
+            if name.endswith(suffix):
+                name, stripped = name[: -len(suffix)], True
+    return name
+
+
+def param_name(key: str) -> str:
+    """The torch.export placeholder name of decoder weight `key` inside CoreMLDecoder."""
+    return PARAM_PREFIX + key.replace(".", "_")
+
+
+def _consumers(op):
+    return [c for out in op.outputs for c in out.child_ops]
+
+
+def weight_ops(program) -> dict:
+    """name -> op for every op that yields a weight tensor a compute op reads: float consts
+    and dequantizing constexpr ops (their data/scale consts are not listed)."""
+    from coremltools.converters.mil.mil import types
+
+    found = {}
+    for op in program.functions["main"].operations:
+        if op.op_type in DEQUANTIZING_OPS:
+            found[op.name] = op
+        elif op.op_type == "const":
+            out = op.outputs[0]
+            if out.rank >= 1 and types.is_float(out.dtype) and any(
+                not c.op_type.startswith("constexpr_") for c in _consumers(op)
+            ):
+                found[op.name] = op
+    return found
+
+
+def _tied_groups(decoder: Decoder) -> list[list[str]]:
+    """state_dict keys grouped by the parameter they name (tied embeddings share one)."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in decoder.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    return list(groups.values())
+
+
+def _shape(decoder: Decoder, key: str) -> tuple[int, ...]:
+    return tuple(decoder.state_dict(keep_vars=True)[key].shape)
+
+
+def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]]:
+    """Map decoder state_dict keys to the MIL ops that hold their values.
+
+    By name first (coremltools keeps torch.export's `p_decoder_<key>` and appends pass
+    suffixes); then, for keys still unresolved, linear weights by the order of `linear`
+    ops in the graph and the embeddings by the one `gather` over a table of their shape,
+    each checked by shape; then a linear's bias by the bias input of the `linear` op its
+    weight was found in (which also finds a bias that coremltools' const deduplication
+    merged into an identical one). Returns (key -> op, keys with no op)."""
+    ops = weight_ops(program)
+    by_base: dict[str, object] = {}
+    for name, op in ops.items():
+        by_base.setdefault(_base_name(name), op)
+    state = decoder.state_dict(keep_vars=True)
+    sources: dict[str, object] = {}
+    unresolved: list[list[str]] = []
+    for group in _tied_groups(decoder):
+        op = next((by_base[param_name(k)] for k in group if param_name(k) in by_base), None)
+        if op is None:
+            unresolved.append(group)
+            continue
+        for k in group:
+            sources[k] = op
+
+    def assign(key, op):
+        for g in unresolved:
+            if key in g:
+                for kk in g:
+                    sources[kk] = op
+
+    main = program.functions["main"]
+    claimed = {id(op) for op in sources.values()}
+    linear_modules = [n for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+    if unresolved:
+        # linear weights in execution order (module registration order is forward order)
+        pending = {k for g in unresolved for k in g}
+        want = [f"{n}.weight" for n in linear_modules if f"{n}.weight" in pending]
+        have = [
+            op.weight.op
+            for op in main.operations
+            if op.op_type == "linear" and op.weight.op is not None and id(op.weight.op) not in claimed
+            and op.weight.op.name in ops
+        ]
+        if want and len(want) == len(have) and all(
+            tuple(o.outputs[0].shape) == _shape(decoder, k) for k, o in zip(want, have)
+        ):
+            for k, o in zip(want, have):
+                assign(k, o)
+                claimed.add(id(o))
+        embed_keys = [f"{n}.weight" for n, m in decoder.named_modules() if isinstance(m, nn.Embedding)]
+        for k in embed_keys:
+            if k in sources:
+                continue
+            tables = [
+                op.x.op for op in main.operations
+                if op.op_type == "gather" and op.x.op is not None and op.x.op.name in ops
+                and id(op.x.op) not in claimed and tuple(op.x.shape) == _shape(decoder, k)
+            ]
+            if len(tables) == 1:
+                assign(k, tables[0])
+                claimed.add(id(tables[0]))
+
+    pending_biases = {f"{n}.bias" for n in linear_modules} & (set(state) - set(sources))
+    if pending_biases:
+        linear_by_weight = {
+            id(op.weight.op): op for op in main.operations if op.op_type == "linear" and op.weight.op is not None
+        }
+        for key in sorted(pending_biases):
+            weight = sources.get(key.removesuffix(".bias") + ".weight")
+            linear = linear_by_weight.get(id(weight)) if weight is not None else None
+            bias = linear.bias.op if linear is not None and linear.bias is not None else None
+            if bias is not None and bias.name in ops and tuple(bias.outputs[0].shape) == _shape(decoder, key):
+                sources[key] = bias
+
+    for key, op in sources.items():
+        if tuple(op.outputs[0].shape) != tuple(state[key].shape):
+            raise ValidationFailed(
+                f"Core ML weight {op.name} has shape {tuple(op.outputs[0].shape)} but decoder weight "
+                f"{key} has {tuple(state[key].shape)}: the package does not belong to this decoder spec"
+            )
+    missing = [k for k in state if k not in sources]
+    return sources, missing
+
+
+def identity_value(key: str) -> float:
+    """The value that makes parameter `key` a no-op the converter may fold away: 0 for a
+    bias (an add of zeros), 1 for a weight (a multiply by ones, e.g. an untrained norm)."""
+    return 0.0 if key.endswith(".bias") else 1.0
+
+
+def shared_weights(decoder: Decoder, sources: dict[str, object], missing: list[str],
+                   stored_dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """For each `missing` key, a mapped key holding exactly the same tensor (at the
+    precision the package stores), if there is one: coremltools' const deduplication keeps
+    one const for equal tensors (say, two all-zero LayerNorm biases of 100+ elements), and
+    its name is the other parameter's. Keys at their identity value are left to
+    `identity_weights`. missing key -> mapped key."""
+    state = decoder.state_dict()
+    found = {}
+    for key in missing:
+        if bool(torch.all(state[key] == identity_value(key))):
+            continue
+        value = state[key].to(stored_dtype)
+        for other in sources:
+            if state[other].shape == value.shape and torch.equal(state[other].to(stored_dtype), value):
+                found[key] = other
+                break
+    return found
+
+
+def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:
+    """`missing` if every one of them holds its identity value (ones for a weight, zeros for
+    a bias: the converter folds away a multiply by ones or an add of zeros); otherwise an
+    ExportError naming the rest."""
+    state = decoder.state_dict()
+    lost = [k for k in missing if not bool(torch.all(state[k] == identity_value(k)))]
+    if lost:
+        raise ExportError(
+            f"the Core ML program has no weight for decoder parameters {lost}; the weight mapping "
+            "(mobilekit.runtime.coreml.map_weights) does not understand this program"
+        )
+    return sorted(missing)
+
+
+def materialize(op) -> np.ndarray:
+    """The weight an op yields: dequantized for constexpr ops, plain for consts."""
+    if op.op_type == "const":
+        return np.asarray(op.outputs[0].val)
+    return np.asarray(op.materialized_val_inference())

@@ -44,10 +44,9 @@ from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UN
                                       QUANTIZED_DTYPE, SPEC_VERSION_IOS18, VALUE_CACHE, check_spec, io_contract,
                                       sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
-from mobilekit.lowering.coreml import CoreMLDecoder, fp16_safe_norms
+from mobilekit.lowering.coreml import CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights, shared_weights
 from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.runtime import coreml as rt
-from mobilekit.runtime.coreml import identity_weights, map_weights, shared_weights
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 

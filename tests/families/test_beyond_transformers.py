@@ -119,7 +119,7 @@ def test_coreml_wrapper_reads_and_writes_each_layers_kv_heads(tmp_path):
     """The module Core ML converts keeps one state sized for the largest layer; each OpenELM
     layer writes and reads its own first kv heads. Run eagerly (fp32, fp32 cache) token by
     token, it must give the full forward's logits."""
-    from mobilekit.runtime.coreml import WrapperSession
+    from coreml_helpers import WrapperSession
 
     folder = make_tiny_checkpoint(tmp_path / "openelm", TINY_CONFIGS["openelm"], tokenizer=False)
     decoder = checkpoint.resolve(str(folder)).build_decoder()

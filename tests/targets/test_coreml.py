@@ -15,6 +15,7 @@ from mobilekit import pipeline, quantize
 from mobilekit.errors import BundleError, SchemeNotSupported, ValidationFailed
 from mobilekit.targets import ExportRequest, get
 
+import coreml_helpers as helpers
 from mobilekit.runtime import coreml as rt
 from mobilekit.targets import coreml as cm
 from mobilekit.formats import coreml as coreml_format
@@ -107,7 +108,7 @@ def test_int4_stores_blockwise_int4(bundles):
 def test_int8_stores_per_channel_int8(bundles):
     from coremltools.converters.mil.mil import types
 
-    program, _ = rt.load_program(_package(bundles, "int8"))
+    program, _ = coreml_format.load_program(_package(bundles, "int8"))
     ops = [op for op in program.functions["main"].operations if op.op_type == "constexpr_blockwise_shift_scale"]
     assert ops
     for op in ops:
@@ -184,7 +185,7 @@ def test_fp32_through_the_evaluator(bundles, context):
 
 def test_fp32_roundtrip_restores_every_weight(bundles, context):
     original = context.checkpoint.build_decoder().state_dict()
-    restored, report = rt.roundtrip_decoder(_package(bundles, "fp32"), context.checkpoint.spec)
+    restored, report = helpers.roundtrip_decoder(_package(bundles, "fp32"), context.checkpoint.spec)
     restored = restored.state_dict()
     assert restored.keys() == original.keys()
     for key, value in original.items():
@@ -195,7 +196,7 @@ def test_fp32_roundtrip_restores_every_weight(bundles, context):
 
 def test_fp16_roundtrip_is_the_fp16_rounding(bundles, context):
     original = context.checkpoint.build_decoder().state_dict()
-    restored, _ = rt.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
+    restored, _ = helpers.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
     for key, value in restored.state_dict().items():
         assert torch.equal(value, original[key].half().float()), key
 
@@ -239,45 +240,45 @@ def test_cli_generate_names_the_evaluator(bundles):
 def test_weights_are_found_by_graph_order_when_names_change(bundles, context):
     """If coremltools renames weights, linear and embedding weights still map by graph order
     and shape; weights that cannot be placed are reported missing, never guessed."""
-    program, _ = rt.load_program(_package(bundles, "int4"))
-    for i, op in enumerate(rt.weight_ops(program).values()):
+    program, _ = coreml_format.load_program(_package(bundles, "int4"))
+    for i, op in enumerate(lowering.weight_ops(program).values()):
         op.name = f"w{i}"
     decoder = context.checkpoint.build_decoder()
-    sources, missing = rt.map_weights(program, decoder)
+    sources, missing = lowering.map_weights(program, decoder)
     assert sorted(missing) == sorted(k for k in decoder.state_dict() if k.endswith("norm.weight"))
     assert sources["lm_head.weight"].op_type == "constexpr_blockwise_shift_scale"
-    restored = {k: torch.from_numpy(rt.materialize(op).astype(np.float32)) for k, op in sources.items()}
+    restored = {k: torch.from_numpy(lowering.materialize(op).astype(np.float32)) for k, op in sources.items()}
     original = decoder.state_dict()
     for key, value in restored.items():  # each weight landed on its own parameter
         assert torch.allclose(value, original[key], atol=0.1), key
 
 
 def test_unexplained_missing_weight_raises(bundles, context, monkeypatch):
-    load = rt.load_program
+    load = coreml_format.load_program
 
     def renamed_norm(path):
         program, spec_pb = load(path)
-        for op in rt.weight_ops(program).values():
-            if rt._base_name(op.name) == rt.param_name("layers.0.input_norm.weight"):
+        for op in lowering.weight_ops(program).values():
+            if lowering._base_name(op.name) == lowering.param_name("layers.0.input_norm.weight"):
                 op.name = "renamed"
         return program, spec_pb
 
     monkeypatch.setattr(rt, "load_program", renamed_norm)
     with pytest.raises(ValidationFailed, match=r"holds no weight for decoder parameters \['layers.0.input_norm"):
-        rt.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
+        helpers.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
 
 
 def test_spec_from_manifest_rebuilds_rope_scaling(bundles):
     from mobilekit.modeling import Llama3RopeScaling
 
     manifest = bundles["fp16"].manifest
-    assert rt.spec_from_manifest(manifest).vocab_size == manifest["vocab_size"]
+    assert helpers.spec_from_manifest(manifest).vocab_size == manifest["vocab_size"]
     scaled = dict(manifest["decoder_spec"], rope_scaling={
         "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-    spec = rt.spec_from_manifest({"decoder_spec": scaled})
+    spec = helpers.spec_from_manifest({"decoder_spec": scaled})
     assert spec.rope_scaling == Llama3RopeScaling(32.0, 1.0, 4.0, 8192)
     with pytest.raises(BundleError, match="no decoder_spec"):
-        rt.spec_from_manifest({})
+        helpers.spec_from_manifest({})
 
 
 # --- the converted module itself, run in torch ----------------------------------------------
@@ -296,7 +297,7 @@ def test_wrapper_matches_eager_over_prefill_decode_and_chunks(context):
     from mobilekit.runtime.eager import EagerSession
 
     decoder = context.checkpoint.build_decoder()
-    eager, wrapper = EagerSession(decoder, MAX_SEQ_LEN), rt.WrapperSession(decoder, MAX_SEQ_LEN)
+    eager, wrapper = EagerSession(decoder, MAX_SEQ_LEN), helpers.WrapperSession(decoder, MAX_SEQ_LEN)
     eager.reset()
     wrapper.reset()
     for chunk in ([5, 9, 33, 100, 7, 8, 200, 3], [12], [13], [14, 15, 16, 17], [18]):
@@ -410,8 +411,8 @@ def test_wrapper_matches_eager_for_each_family(tiny_family, family):
 
     decoder = tiny_family(family).build_decoder()
     eager = EagerSession(decoder, MAX_SEQ_LEN)
-    exact = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
-    coreml_like = rt.WrapperSession(decoder, MAX_SEQ_LEN)  # fp16 states, as Core ML has them
+    exact = helpers.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
+    coreml_like = helpers.WrapperSession(decoder, MAX_SEQ_LEN)  # fp16 states, as Core ML has them
     for session in (eager, exact, coreml_like):
         session.reset()
     for chunk in CHUNKS:
@@ -429,7 +430,7 @@ def test_wrapper_window_mask_is_what_bites(tiny_family, monkeypatch):
     decoder = tiny_family("gemma2").build_decoder()
     monkeypatch.setattr(lowering, "MASKED_VALUE", 0.0)  # sliding layers then see the whole past
     eager = EagerSession(decoder, MAX_SEQ_LEN)
-    wrapper = rt.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
+    wrapper = helpers.WrapperSession(decoder, MAX_SEQ_LEN, cache_dtype=torch.float32)
     eager.reset()
     wrapper.reset()
     errors = [np.abs(eager.step(c) - wrapper.step(c)).max() for c in CHUNKS]
@@ -484,7 +485,7 @@ def test_converted_ops_per_family(family_packages):
 def test_family_roundtrip_is_the_fp16_rounding(family_packages, family):
     ckpt, out, _ = family_packages[family]
     original = ckpt.build_decoder().state_dict()
-    restored, report = rt.roundtrip_decoder(out / cm.MODEL_FILE, ckpt.spec)
+    restored, report = helpers.roundtrip_decoder(out / cm.MODEL_FILE, ckpt.spec)
     for key, value in restored.state_dict().items():
         assert torch.equal(value, original[key].half().float()), key
     assert report["identity"] == [] and report["shared"] == {}
@@ -527,7 +528,7 @@ def test_folded_and_deduplicated_weights_are_restored(tmp_path):
                   ("layers.2.input_norm.bias", "layers.1.input_norm.bias")}
     assert {(k, v) if k.startswith("layers.2") else (v, k) for k, v in shared.items()} == norm_pairs
 
-    restored, report = rt.roundtrip_decoder(tmp_path / cm.MODEL_FILE, decoder.spec)
+    restored, report = helpers.roundtrip_decoder(tmp_path / cm.MODEL_FILE, decoder.spec)
     assert set(report["identity"]) == identity and report["shared"] == shared
     # the deduplicated fc_in bias is found as the bias input of layer 2's own linear op
     assert report["mapped"]["layers.2.mlp.fc_in.bias"] == report["mapped"]["layers.1.mlp.fc_in.bias"]
@@ -540,14 +541,14 @@ def test_folded_and_deduplicated_weights_are_restored(tmp_path):
             assert torch.all((restored[key] - value).abs() <= step), key
 
     # and if coremltools renames every weight, linear biases still follow their linear's weight
-    program, _ = rt.load_program(tmp_path / cm.MODEL_FILE)
-    for i, op in enumerate(rt.weight_ops(program).values()):
+    program, _ = coreml_format.load_program(tmp_path / cm.MODEL_FILE)
+    for i, op in enumerate(lowering.weight_ops(program).values()):
         op.name = f"w{i}"
-    sources, _ = rt.map_weights(program, decoder)
+    sources, _ = lowering.map_weights(program, decoder)
     linear_biases = [f"{n}.bias" for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
     assert set(linear_biases) <= set(sources)
     for key in linear_biases:
-        assert torch.equal(torch.from_numpy(rt.materialize(sources[key]).astype(np.float32)),
+        assert torch.equal(torch.from_numpy(lowering.materialize(sources[key]).astype(np.float32)),
                            original[key].half().float()), key
 
 
