@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 
-from mobilekit.runtime import mil_evaluator as me
 from mobilekit.formats.coreml import load_program
 from mobilekit.runtime.coreml import EVALUATOR_RUNTIME, EvaluatorSession
 from mobilekit.runtime.eager import EagerSession

@@ -2,7 +2,9 @@
 artefact, written once. A target is an adapter that picks among these (LLMEdgeManager's
 stages: source transform -> export -> lower -> serialize). Imports torch only where a helper
 computes with it; never imports targets/ or runtime/ (import contracts in pyproject.toml).
-Per-target forms live beside it (lowering/coreml.py).
+Each target's export-time torch forms live beside it, one module per target
+(lowering/executorch.py, lowering/onnx.py, lowering/coreml.py), so that the target modules
+themselves import without torch.
 
 - `stage`: one named, timed step of an export; an exception from the converter inside it
   becomes an ExportError that names the step (mobilekit's own errors pass through).

@@ -23,6 +23,9 @@ by op in numpy, states held between calls, fp16 where the program computes in fp
 
 The contract's names, metadata keys and checks live in mobilekit.formats.coreml (shared with
 the runtime); the converted module and its trace-time rewrites in mobilekit.lowering.coreml.
+This module imports no torch at import time, so `mobilekit list` and `info` can read its
+schemes (the quantizers registered below) without loading it: torch, coremltools and the
+torch-side lowering and runtime modules are imported inside the methods that use them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
 from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UNITS, DEPLOYMENT_TARGET,
@@ -44,9 +46,7 @@ from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UN
                                       QUANTIZED_DTYPE, SPEC_VERSION_IOS18, VALUE_CACHE, check_spec, io_contract,
                                       sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
-from mobilekit.lowering.coreml import CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights, shared_weights
 from mobilekit.quantize import no_quantization, quantizer
-from mobilekit.runtime import coreml as rt
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 
@@ -140,7 +140,11 @@ class CoreMLTarget(Target):
 
     def export(self, request: ExportRequest) -> Artefact:
         ct = _coremltools()
+        import torch
         from torch.export import Dim
+
+        from mobilekit.lowering.coreml import (CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights,
+                                               shared_weights)
 
         self.check_scheme(request.scheme)
         seq = request.max_seq_len
@@ -250,6 +254,8 @@ class CoreMLTarget(Target):
     def open_session(self, bundle_dir: Path, manifest: dict):
         """macOS: the real MLModel with its state. Elsewhere: the package's MIL program run by
         mobilekit's evaluator (an EvaluatorSession); Core ML itself cannot run there."""
+        from mobilekit.runtime import coreml as rt
+
         _coremltools()
         path = _model_path(bundle_dir)
         if sys.platform == "darwin":
@@ -260,6 +266,8 @@ class CoreMLTarget(Target):
                  on_text: Callable[[str], None]) -> GenerationResult:
         """macOS: the real Core ML model. Elsewhere: mobilekit's evaluator of the package's
         program, which the result's runtime names (it is not Core ML)."""
+        from mobilekit.runtime import coreml as rt
+
         _coremltools()
         path = _model_path(bundle_dir)
         session = None if sys.platform == "darwin" else rt.EvaluatorSession(path, int(manifest["max_seq_len"]))

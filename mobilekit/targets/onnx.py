@@ -18,7 +18,10 @@ read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are ONNX Ru
 MatMulNBits weight quantizer.
 
 The contract's names, genai_config.json and the manifest's io section live in
-mobilekit.formats.onnx, shared with the runtime.
+mobilekit.formats.onnx, shared with the runtime; the exported module (OnnxDecoder), its custom
+ops and one-node forms in mobilekit.lowering.onnx. This module imports no torch at import
+time, so `mobilekit list` and `info` can read its schemes (the quantizers registered below)
+without loading it: torch and onnx are imported inside the functions that compute.
 """
 
 from __future__ import annotations
@@ -29,21 +32,19 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from mobilekit.errors import ExportError, TargetUnavailable
 from mobilekit.formats.onnx import (ATTENTION_MASK, DATA_FILE, GENAI_CONFIG, INPUT_IDS, LOGITS, MODEL_FILE,
                                     PAST_SEQ, POSITION_IDS, SEQ, TOTAL_SEQ, genai_config, io_contract,
                                     is_present_name, past_names, present_names)
-from mobilekit.lowering import modules_replaced, stage
-from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import RMSNorm, Rotary
+from mobilekit.lowering import stage
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
 from mobilekit.runtime.onnx import OnnxSession, genai_generate, genai_greedy
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
+
+if TYPE_CHECKING:
+    from mobilekit.modeling import Decoder
 
 INT4_BLOCK_SIZE = 32
 OPSET = 23  # Attention (GQA, past/present), RotaryEmbedding, RMSNormalization
@@ -58,213 +59,6 @@ def require_onnx(genai: bool = False) -> None:
             __import__(name)
         except ImportError as e:
             raise TargetUnavailable(f"the ONNX target needs {name} ({e}): {_INSTALL}") from e
-
-
-# --- ops that translate to one ONNX node each -----------------------------------------------
-#
-# Decomposed into primitive ops, a layer of the decoder costs ~70 small ONNX nodes; at decode
-# (T=1) their per-node overhead, not the matmuls, dominated ONNX Runtime's time (SmolLM2 int4
-# under GenAI: 35 tok/s vs 53 for GenAI's own builder, measured side by side). Two custom
-# torch ops, translated to the standard opset-23 nodes below, plus F.rms_norm
-# (-> RMSNormalization) leave ~16 nodes a layer and match the builder's decode speed. They
-# also halve torch.export + translation time (fewer nodes to trace).
-
-_OPS: dict = {}
-
-
-def _onnx_ops() -> dict:
-    """Register (once) mobilekit_onnx::rotary and ::attention: eager math for torch.export's
-    trace, fake kernels for its shapes, ONNX translations for torch.onnx."""
-    if _OPS:
-        return _OPS
-    from torch.library import custom_op
-    from onnxscript import opset23 as op
-
-
-    @custom_op("mobilekit_onnx::rotary", mutates_args=())
-    def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [B,T,heads,hd]; cos/sin [T,1,r], HF half-split layout within the first r lanes,
-        # the rest pass through (decoder.Rotary; r < hd is partial rotary)
-        return Rotary()(x, cos, sin)
-
-    @rotary.register_fake
-    def _(x, cos, sin):
-        return torch.empty_like(x)
-
-    @custom_op("mobilekit_onnx::attention", mutates_args=())
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
-                  past_v: torch.Tensor, scale: float,
-                  softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # q [B,T,H,hd], k/v [B,T,KV,hd], mask [T,P+T] additive, past [B,KV,P,hd]; softcap 0 = none.
-        # ONNX Attention (opset 23) caps the scaled scores before it adds the mask, as here.
-        b, t, h, hd = q.shape
-        k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
-        v = torch.cat([past_v, v.transpose(1, 2)], dim=2)
-        groups = h // k.shape[1]
-        if softcap:
-            kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-            scores = torch.tanh(q.transpose(1, 2) @ kk.transpose(-1, -2) * (scale / softcap)) * softcap
-            out = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype) @ vv
-        else:
-            out = nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), k, v, attn_mask=mask, scale=scale, enable_gqa=groups != 1
-            )
-        return out.transpose(1, 2).reshape(b, t, h * hd), k, v
-
-    @attention.register_fake
-    def _(q, k, v, mask, past_k, past_v, scale, softcap):
-        b, t, h, hd = q.shape
-        total = past_k.shape[2] + k.shape[1]
-        present = (b, past_k.shape[1], total, hd)
-        return q.new_empty(b, t, h * hd), past_k.new_empty(present), past_v.new_empty(present)
-
-    def flat(x):
-        """x [B,T,n,hd] as [B,T,n*hd]. When x is itself a reshape of such a 3D tensor (the
-        decoder's view of a projection, or our rotary's output), use that tensor: left in,
-        the Reshape pairs were 10 nodes a layer and 15% of ONNX Runtime's decode time."""
-        src = x.producer()
-        if src is not None and src.op_type == "Reshape" and src.inputs[0] is not None:
-            y = src.inputs[0]
-            if (y.shape is not None and x.shape is not None and len(y.shape) == 3 and len(x.shape) == 4
-                    and y.shape[:2] == x.shape[:2] and isinstance(x.shape[2], int) and isinstance(x.shape[3], int)
-                    and y.shape[2] == x.shape[2] * x.shape[3]):
-                return y
-        return op.Reshape(x, op.Constant(value_ints=[0, 0, -1]))
-
-    def rotary_onnx(x, cos, sin):
-        heads, hd, r = x.shape[2], x.shape[3], cos.shape[-1]
-        # RotaryEmbedding without position_ids takes cos/sin [B,T,r/2] (the table's first half).
-        # Partial rotary: rotary_embedding_dim = r rotates the first r lanes (half-split within
-        # them) and passes the rest through, which ONNX Runtime's CPU kernel does (tested).
-        half = op.Constant(value_ints=[r // 2])
-        zero, last = op.Constant(value_ints=[0]), op.Constant(value_ints=[2])
-        shape = op.Constant(value_ints=[1, -1, r // 2])
-        cos_half = op.Reshape(op.Slice(cos, zero, half, last), shape)
-        sin_half = op.Reshape(op.Slice(sin, zero, half, last), shape)
-        x3 = flat(x)
-        partial = {"rotary_embedding_dim": r} if r != hd else {}
-        out = op.RotaryEmbedding(x3, cos_half, sin_half, num_heads=heads, **partial)
-        out.shape, out.type = x3.shape, x3.type  # same as its input: lets attention's flat() see through
-        return op.Reshape(out, op.Constant(value_ints=[0, 0, heads, hd]))
-
-    def attention_onnx(q, k, v, mask, past_k, past_v, scale: float, softcap: float):
-        # softcap (Gemma 2): ONNX Runtime's CPU Attention caps before the mask (tested).
-        capped = {"softcap": softcap} if softcap else {}
-        out, present_k, present_v, _ = op.Attention(
-            flat(q), flat(k), flat(v), mask, past_k, past_v,
-            q_num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=scale, **capped,
-        )
-        return out, present_k, present_v
-
-    _OPS.update(
-        rotary=rotary,
-        attention=attention,
-        translations={
-            torch.ops.mobilekit_onnx.rotary.default: rotary_onnx,
-            torch.ops.mobilekit_onnx.attention.default: attention_onnx,
-        },
-    )
-    return _OPS
-
-
-class _OnnxRMSNorm(nn.Module):
-    """F.rms_norm, exported as one RMSNormalization node (computed in fp32, like RMSNorm)."""
-
-    def __init__(self, norm):
-        super().__init__()
-        self.weight, self.eps = norm.weight, norm.eps
-
-    def forward(self, x):
-        return nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
-class _OnnxRotary(nn.Module):
-    def forward(self, x, cos, sin):
-        return torch.ops.mobilekit_onnx.rotary(x, cos, sin)
-
-
-def _onnx_modules(decoder: Decoder):
-    """The decoder with its norms and rotaries swapped for the one-node forms while
-    exporting; the caller's decoder is restored afterwards."""
-    def onnx_form(child: nn.Module) -> nn.Module | None:
-        if isinstance(child, RMSNorm):
-            return _OnnxRMSNorm(child)
-        return _OnnxRotary() if isinstance(child, Rotary) else None
-
-    return modules_replaced(decoder, onnx_form)
-
-
-def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtype) -> dict:
-    """{window: additive mask [T, P+T]}, one per distinct `spec.layer_window` (None = full
-    causal). Query i sits at position P+i (from shapes); a key is visible iff it is at or
-    before the query, inside the window if any, and attention_mask[0, key] is 1."""
-    total = attention_mask.shape[1]
-    key_pos = torch.arange(total, device=attention_mask.device)
-    query_pos = torch.arange(t, device=attention_mask.device) + (total - t)
-    causal = (key_pos[None, :] <= query_pos[:, None]) & attention_mask[0].bool()[None, :]
-    masks = {}
-    for window in sorted({spec.layer_window(i) for i in range(spec.num_layers)}, key=lambda w: w or 0):
-        allowed = causal if window is None else causal & (key_pos[None, :] > query_pos[:, None] - window)
-        masks[window] = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
-    return masks
-
-
-class OnnxDecoder(nn.Module):
-    """The decoder with past/present KV tensors in GenAI's layout [1, kv_heads, seq, head_dim].
-
-    Positions come from `position_ids`: rotary cos/sin gathered from one max_seq_len table
-    per kind (Gemma 3's sliding layers have their own base), learned position embeddings
-    (GPT-2) gathered likewise. The causal mask comes from shapes (query i sits at P+i and
-    sees keys 0..P+i), combined with `attention_mask` for padded keys; sliding layers get a
-    second mask that also hides keys at or before query - window. Both are built once per
-    forward and shared by the layers; the cache stays full length.
-    """
-
-    def __init__(self, decoder: Decoder, max_seq_len: int):
-        super().__init__()
-        spec = decoder.spec
-        self.decoder = decoder
-        self.dtype = decoder.embed_tokens.weight.dtype
-        for kind, (cos, sin) in rotary_tables(spec, max_seq_len).items():
-            self.register_buffer(f"rope_cos_{kind}", cos.to(self.dtype), persistent=False)
-            self.register_buffer(f"rope_sin_{kind}", sin.to(self.dtype), persistent=False)
-
-    def forward(self, input_ids, attention_mask, position_ids, past: list[torch.Tensor]):
-        spec = self.decoder.spec
-        t = input_ids.shape[1]
-        positions = position_ids[0]
-        rope = {
-            kind: (getattr(self, f"rope_cos_{kind}").index_select(0, positions),
-                   getattr(self, f"rope_sin_{kind}").index_select(0, positions))
-            for kind in spec.rope_kinds
-        }
-
-        masks = additive_masks(spec, t, attention_mask, self.dtype)
-        scale, softcap = spec.attention_scale, spec.attention_softcap or 0.0
-        presents: list[torch.Tensor] = []
-
-        def attend(i, q, k, v):
-            out, k, v = torch.ops.mobilekit_onnx.attention(
-                q, k, v, masks[spec.layer_window(i)], past[2 * i], past[2 * i + 1], scale, softcap
-            )
-            presents.extend((k, v))
-            return out
-
-        logits = self.decoder(input_ids, rope, attend, positions=positions)
-        return (logits.float(), *presents)
-
-
-def _example_inputs(spec, dtype: torch.dtype):
-    # T=2, P=3: neither is 0 or 1, so export does not specialize them.
-    t, p = 2, 3
-    # one key and one value per layer, each with that layer's kv heads (OpenELM's differ)
-    past = [torch.zeros(1, spec.layer_kv_heads(i // 2), p, spec.head_dim, dtype=dtype) for i in range(2 * spec.num_layers)]
-    return (
-        torch.zeros(1, t, dtype=torch.long),
-        torch.ones(1, p + t, dtype=torch.long),
-        torch.arange(p, p + t).unsqueeze(0),
-        past,
-    )
 
 
 def _light_optimize(model) -> None:
@@ -341,12 +135,15 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     inserted casts; fp16 pays off on GPU/NPU providers and in file size. int8/int4 quantize
     the exported fp32 graph in memory with quantize_model before the only save (writing the
     fp32 model and reading it back to quantize it cost ~4 s more on SmolLM2)."""
+    import torch
     from torch.export import Dim
+
+    from mobilekit.lowering.onnx import OnnxDecoder, example_inputs, onnx_modules, onnx_ops
 
     spec = decoder.spec
     timings = {}
     chosen = quantizer_for("onnx", scheme)
-    ops = _onnx_ops()
+    ops = onnx_ops()
     if scheme == "fp16":
         decoder = copy.deepcopy(decoder).to(torch.float16)
     dtype = decoder.embed_tokens.weight.dtype
@@ -355,10 +152,10 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     # Dim.DYNAMIC, not named Dims: from the example (T=2, P=3) export infers bounds such as
     # P >= 2 that named Dims would reject; the graph holds for P = 0 and T = 1 (tested).
     dynamic = ({1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, [{2: Dim.DYNAMIC}] * (2 * n))
-    example = _example_inputs(spec, dtype)
+    example = example_inputs(spec, dtype)
 
     with stage(timings, "torch_export_s", progress, "torch.export", failing="torch.export of the ONNX decoder"), \
-            torch.no_grad(), _onnx_modules(decoder):
+            torch.no_grad(), onnx_modules(decoder):
         module = OnnxDecoder(decoder, max_seq_len).eval().requires_grad_(False)
         program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
 
@@ -543,6 +340,8 @@ def onnx_weight_format():
     the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
 
     def weight(module, kind: str, bits: int):
+        import torch
+
         block = NBITS["int4" if bits == 4 else "int8"][1]
         w = module.weight.detach().float()
         rows, cols = w.shape

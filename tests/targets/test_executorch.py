@@ -123,7 +123,7 @@ def test_explicit_attention_matches_the_reference(window, softcap):
     import torch
 
     from mobilekit.modeling.decoder import attention, attention_mask
-    from mobilekit.targets.executorch import explicit_attention
+    from mobilekit.lowering.executorch import explicit_attention
 
     torch.manual_seed(0)
     heads, kv_heads, hd, cache_len, start, t = 4, 2, 16, 32, 11, 4
@@ -146,7 +146,7 @@ def test_in_graph_rotary_equals_the_decoder_rotary(family):
     import torch
 
     from mobilekit.modeling.decoder import Rotary, rotary_cos_sin
-    from mobilekit.targets.executorch import ExecuTorchDecoder, MatmulRotary
+    from mobilekit.lowering.executorch import ExecuTorchDecoder, MatmulRotary
 
     decoder = _random_decoder(family)
     spec = decoder.spec
@@ -168,7 +168,7 @@ def test_linear_mean_layer_norm_equals_layer_norm():
     import torch
 
     from mobilekit.modeling.decoder import LayerNorm
-    from mobilekit.targets.executorch import LinearMeanLayerNorm
+    from mobilekit.lowering.executorch import LinearMeanLayerNorm
 
     norm = LayerNorm(64, eps=1e-5)
     with torch.no_grad():
@@ -188,7 +188,7 @@ def test_tanh_gelu_mlp_lowers_exactly(tmp_path):
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
-    from mobilekit.targets.executorch import xnnpack_friendly
+    from mobilekit.lowering.executorch import xnnpack_friendly
 
     decoder = _random_decoder("phi")
     assert decoder.spec.activation == "gelu_tanh"

@@ -193,14 +193,14 @@ def test_export_wrapper_runs_eagerly_like_the_decoder(tiny):
     """The wrapper and its custom ops (which export only sees through their fake kernels)
     compute the decoder's math in eager mode too: prefill, then one step on the presents."""
     from mobilekit.modeling import EagerDecoder
-    from mobilekit.targets.onnx import OnnxDecoder, _onnx_modules, _onnx_ops
+    from mobilekit.lowering.onnx import OnnxDecoder, onnx_modules, onnx_ops
 
-    _onnx_ops()
+    onnx_ops()
     decoder = tiny.build_decoder()
     spec = decoder.spec
     ids = torch.tensor([[5, 9, 11, 40, 7, 3]])
     want = EagerDecoder(decoder)(ids)
-    with torch.no_grad(), _onnx_modules(decoder):
+    with torch.no_grad(), onnx_modules(decoder):
         module = OnnxDecoder(decoder, SEQ)
         empty = [torch.zeros(1, spec.num_kv_heads, 0, spec.head_dim)] * (2 * spec.num_layers)
         logits, *present = module(ids[:, :5], torch.ones(1, 5, dtype=torch.long), torch.arange(5)[None], empty)
@@ -240,10 +240,11 @@ def _op_session(module, args):
     translations, in an ONNX Runtime CPU session; returns (session, model proto)."""
     import onnxruntime as ort
 
-    from mobilekit.targets.onnx import OPSET, _onnx_ops
+    from mobilekit.lowering.onnx import onnx_ops
+    from mobilekit.targets.onnx import OPSET
 
     program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
-                                custom_translation_table=_onnx_ops()["translations"])
+                                custom_translation_table=onnx_ops()["translations"])
     model = program.model_proto
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), model
 
@@ -263,9 +264,9 @@ def test_rotary_node_rotates_only_the_first_rotary_lanes(width):
     """Partial rotary (GPT-NeoX, Phi-2, StableLM): RotaryEmbedding's rotary_embedding_dim
     rotates the first `width` lanes, half-split within them, and passes the rest through."""
     from mobilekit.modeling.decoder import Rotary
-    from mobilekit.targets.onnx import _onnx_ops
+    from mobilekit.lowering.onnx import onnx_ops
 
-    _onnx_ops()
+    onnx_ops()
 
     class Rotate(torch.nn.Module):
         def forward(self, x, cos, sin):
@@ -296,9 +297,9 @@ def test_attention_node_softcap_and_window_match_the_reference(softcap, window):
     decoder.attention; the windowed mask is decoder.attention_mask's."""
     from mobilekit.modeling import DecoderSpec
     from mobilekit.modeling.decoder import attention, attention_mask
-    from mobilekit.targets.onnx import _onnx_ops, additive_masks
+    from mobilekit.lowering.onnx import additive_masks, onnx_ops
 
-    _onnx_ops()
+    onnx_ops()
     p, t, heads, kv_heads, hd, scale = 7, 5, 4, 2, 16, 0.2
     spec = DecoderSpec(vocab_size=8, hidden_size=64, num_layers=1, num_heads=heads, num_kv_heads=kv_heads,
                        head_dim=hd, intermediate_size=8, max_position_embeddings=64, sliding_window=window,

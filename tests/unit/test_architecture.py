@@ -1,6 +1,6 @@
 """The architecture's rules, checked (docs/ARCHITECTURE.md; issue 15): the import contracts in
 pyproject.toml's [tool.importlinter], no import cycles among mobilekit's modules, and a CLI
-whose help loads no torch."""
+whose help, list and info load no torch."""
 
 from __future__ import annotations
 
@@ -73,10 +73,6 @@ def test_help_does_not_load_torch():
     assert not _loads_torch("export", "--help")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "list and info read every target's schemes (targets.get imports mobilekit.targets.<t>, which imports torch "
-    "at module level), and the families (mobilekit.families and mobilekit.modeling import torch): light target "
-    "descriptors and torch-free families are issue 15's remaining work. Remove this mark when it passes."))
 @pytest.mark.parametrize("args", [("list",), ("info", "smollm2-135m")])
 def test_list_and_info_do_not_load_torch(args):
     assert not _loads_torch(*args)
