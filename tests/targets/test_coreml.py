@@ -263,7 +263,7 @@ def test_unexplained_missing_weight_raises(bundles, context, monkeypatch):
                 op.name = "renamed"
         return program, spec_pb
 
-    monkeypatch.setattr(rt, "load_program", renamed_norm)
+    monkeypatch.setattr(helpers, "load_program", renamed_norm)
     with pytest.raises(ValidationFailed, match=r"holds no weight for decoder parameters \['layers.0.input_norm"):
         helpers.roundtrip_decoder(_package(bundles, "fp16"), context.checkpoint.spec)
 
