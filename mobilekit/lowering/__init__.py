@@ -84,6 +84,7 @@ def spell_out_tanh_gelu(root: "nn.Module") -> list[tuple["nn.Module", Callable]]
     keyword and converted it as the exact-erf GELU (5e-4 off per element). In fp16 the x^3
     term overflows only where tanh is already +-1, so the limits stay right. Returns the
     (mlp, original activation) pairs for undoing."""
+    # here, not at the top: target modules import this package and must stay torch-free
     from mobilekit.modeling.decoder import GatedMLP, PlainMLP, gelu_tanh, gelu_tanh_elementwise
 
     swapped = [(m, m.act) for m in root.modules() if isinstance(m, (GatedMLP, PlainMLP)) and m.act is gelu_tanh]
