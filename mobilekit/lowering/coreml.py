@@ -68,7 +68,9 @@ class CoreMLDecoder(nn.Module):
         }
         positions = self.positions[start:end]
         # One additive mask per window size: the app's causal mask, with the keys that fell
-        # out of the window (key <= query - window) masked too.
+        # out of the window (key <= query - window, modeling.decoder.attention_mask's window
+        # test) masked too. Not through attention_mask itself: its `causal & in_window` is a
+        # bool `and`, which coremltools 9 cannot convert; the app's mask is already causal.
         masks = {None: causalMask}
         if self.windows:
             too_far = self.positions[:end][None, :] - positions[:, None]  # key - query, [T, end]
@@ -93,9 +95,10 @@ class CoreMLDecoder(nn.Module):
                     q = q * q_scale
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             else:
-                # Gemma 2: scores = c * tanh(s * q.k / c), capped before the mask; SDPA cannot
-                # cap, so these layers spell attention out. The scale goes on q first, which
-                # keeps q.k in range under fp16 compute.
+                # Gemma 2: modeling.decoder.softcap, capped before the mask; SDPA cannot cap,
+                # so these layers spell attention out. Its factor (scale / cap) goes on q
+                # before the product rather than on the scores after it: under fp16 compute
+                # q.k itself could leave fp16's range.
                 scores = torch.tanh((q * (spec.attention_scale / softcap)) @ keys.transpose(-1, -2)) * softcap
                 out = torch.softmax(scores + mask, dim=-1) @ values
             return out.transpose(1, 2).reshape(1, seq_len, -1)

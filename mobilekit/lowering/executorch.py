@@ -16,7 +16,8 @@ from torch import nn
 
 from mobilekit.lowering import replace_modules, spell_out_tanh_gelu
 from mobilekit.modeling import Decoder, DecoderSpec
-from mobilekit.modeling.decoder import LayerNorm, RMSNorm, Rotary, rotary_attention_factor, rotary_inv_freq
+from mobilekit.modeling.decoder import (LayerNorm, RMSNorm, Rotary, additive_mask, attention_mask,
+                                       rotary_attention_factor, rotary_inv_freq, softcap)
 
 
 class LinearMeanRMSNorm(nn.Module):
@@ -109,7 +110,7 @@ def attention_plan(spec: DecoderSpec) -> list[str]:
     return plan
 
 
-def explicit_attention(q, k_cache, v_cache, mask, scale: float, softcap: float | None):
+def explicit_attention(q, k_cache, v_cache, mask, scale: float, cap: float | None):
     """decoder.attention's math over the whole cache, without repeating kv heads (batch 1):
     q [1,T,H,hd], caches [1,S,KV,hd], `mask` [groups*T, S] additive (0 or a large negative;
     the [T,S] mask repeated once per query head of a kv head) -> [1,T,H*hd]. Query head h
@@ -121,10 +122,7 @@ def explicit_attention(q, k_cache, v_cache, mask, scale: float, softcap: float |
     qg = q.reshape(-1, kv, groups, hd).permute(1, 2, 0, 3).reshape(kv, -1, hd)
     k, v = k_cache.reshape(-1, kv, hd).transpose(0, 1), v_cache.reshape(-1, kv, hd).transpose(0, 1)
     scores = torch.bmm(qg, k.transpose(1, 2))
-    if softcap is None:
-        scores = scores * scale
-    else:
-        scores = torch.tanh(scores * (scale / softcap)) * softcap
+    scores = scores * scale if cap is None else softcap(scores, cap, scale)
     probs = torch.softmax(scores + mask, dim=-1)
     out = torch.bmm(probs, v).reshape(kv, groups, -1, hd)
     return out.permute(2, 0, 1, 3).reshape(1, -1, h * hd)
@@ -181,10 +179,8 @@ class ExecuTorchDecoder(nn.Module):
         windows = {spec.layer_window(i) for i, how in enumerate(self.plan) if how != "custom_sdpa"}
         if not windows:
             return {}
-        query = (torch.arange(seq_len) + start)[:, None]
-        key = torch.arange(self.max_seq_len)[None, :]
-        causal = key <= query
-        return {w: causal if w is None else causal & (key > query - w) for w in windows}
+        query, key = torch.arange(seq_len) + start, torch.arange(self.max_seq_len)
+        return {w: attention_mask(query, key, w) for w in windows}
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         spec = self.decoder.spec
@@ -198,8 +194,7 @@ class ExecuTorchDecoder(nn.Module):
         # rather than -inf: its flash kernel works in key blocks of 512, and with a window
         # whole blocks are masked for a query, where -inf relies on the kernel guarding
         # exp(-inf - -inf) (1.5.1's does; a finite minimum needs no guard).
-        masks = {w: torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-                 for w, allowed in self._masks(start, seq_len).items()}
+        masks = {w: additive_mask(allowed, torch.float32) for w, allowed in self._masks(start, seq_len).items()}
         # explicit attention takes the mask repeated once per query head of a kv head
         grouped = {}
         for i, how in enumerate(self.plan):

@@ -14,7 +14,9 @@ from torch import nn
 
 from mobilekit.lowering import modules_replaced
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import RMSNorm, Rotary
+from mobilekit.modeling.decoder import RMSNorm, Rotary, additive_mask
+from mobilekit.modeling.decoder import attention_mask as visible_keys  # the graph input has its name
+from mobilekit.modeling.decoder import softcap as capped  # the custom op's argument has its name
 
 
 # --- ops that translate to one ONNX node each -----------------------------------------------
@@ -60,7 +62,7 @@ def onnx_ops() -> dict:
         groups = h // k.shape[1]
         if softcap:
             kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-            scores = torch.tanh(q.transpose(1, 2) @ kk.transpose(-1, -2) * (scale / softcap)) * softcap
+            scores = capped(q.transpose(1, 2) @ kk.transpose(-1, -2), softcap, scale)
             out = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype) @ vv
         else:
             out = nn.functional.scaled_dot_product_attention(
@@ -158,12 +160,9 @@ def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtyp
     total = attention_mask.shape[1]
     key_pos = torch.arange(total, device=attention_mask.device)
     query_pos = torch.arange(t, device=attention_mask.device) + (total - t)
-    causal = (key_pos[None, :] <= query_pos[:, None]) & attention_mask[0].bool()[None, :]
-    masks = {}
-    for window in sorted({spec.layer_window(i) for i in range(spec.num_layers)}, key=lambda w: w or 0):
-        allowed = causal if window is None else causal & (key_pos[None, :] > query_pos[:, None] - window)
-        masks[window] = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
-    return masks
+    not_padding = attention_mask[0].bool()[None, :]
+    windows = sorted({spec.layer_window(i) for i in range(spec.num_layers)}, key=lambda w: w or 0)
+    return {w: additive_mask(visible_keys(query_pos, key_pos, w) & not_padding, dtype) for w in windows}
 
 
 class OnnxDecoder(nn.Module):

@@ -283,7 +283,7 @@ class Decoder(nn.Module):
             h = h / spec.logit_divisor
         logits = self.lm_head(h)
         if spec.final_softcap is not None:
-            logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap
+            logits = softcap(logits, spec.final_softcap)
         return logits
 
 
@@ -302,17 +302,30 @@ def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, w
     return allowed
 
 
-def attention(q, k, v, mask, scale, softcap: float | None = None):
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An attention_mask as the additive form kernels take: 0 where allowed, else the dtype's
+    lowest finite value (as transformers uses; not -inf, so a row or key block with nothing
+    visible needs no guard against exp(-inf - -inf) in a kernel)."""
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def softcap(x: torch.Tensor, cap: float, scale: float = 1.0) -> torch.Tensor:
+    """Gemma 2's soft cap, cap * tanh(scale * x / cap), with the scale folded into one multiply:
+    attention scores (scale = the attention scale) and final logits."""
+    return torch.tanh(x * (scale / cap)) * cap
+
+
+def attention(q, k, v, mask, scale, softcap_value: float | None = None):
     """q [B,T,H,hd], k/v [B,S,KV,hd] (S >= T), boolean mask [T,S] -> [B,T,H*hd].
     With a softcap (Gemma 2) the scores are capped before the mask: SDPA cannot."""
     b, t, h, hd = q.shape
     groups = h // k.shape[2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    if softcap is None:
+    if softcap_value is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     else:
-        scores = torch.tanh(q @ k.transpose(-1, -2) * (scale / softcap)) * softcap
+        scores = softcap(q @ k.transpose(-1, -2), softcap_value, scale)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
     return out.transpose(1, 2).reshape(b, t, h * hd)
