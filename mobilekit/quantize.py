@@ -174,6 +174,11 @@ class Quantizer:
     # then never exists whole at fp32.
     layerwise: bool = False
 
+    @property
+    def changes_weights(self) -> bool:
+        """False for the float schemes' no_quantization: the target saves what it exported."""
+        return self.apply is not no_quantization
+
 
 QUANTIZERS: dict[tuple[str, str], Quantizer] = {}
 

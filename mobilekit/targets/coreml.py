@@ -198,9 +198,8 @@ class CoreMLTarget(Target):
             )
 
         quantizer = self.quantizer(request.scheme)
-        quantizing = quantizer.apply is not no_quantization
         with stage(timings, "quantize_s", request.progress,
-                   f"quantizing weights ({request.scheme})" if quantizing else None,
+                   f"quantizing weights ({request.scheme})" if quantizer.changes_weights else None,
                    failing=f"coremltools weight quantization ({request.scheme})"):
             mlmodel = quantizer.apply(mlmodel, request.scheme)
 

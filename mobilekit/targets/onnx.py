@@ -183,7 +183,7 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
         _name_dims(onnx_program.model)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if chosen.apply is not no_quantization:
+    if chosen.changes_weights:
         with stage(timings, "quantize_s", progress, f"quantizing ({scheme})"):
             model, facts = chosen.apply(onnx_program.model_proto, scheme, plan=plan)
         with stage(timings, "save_s", progress, "saving model.onnx"):
