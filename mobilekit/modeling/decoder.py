@@ -22,6 +22,9 @@ from mobilekit.modeling.spec import DecoderSpec, LongRopeScaling
 
 # attend(layer_index, q[B,T,H,hd], k[B,T,KV,hd], v[B,T,KV,hd]) -> out[B,T,H*hd]
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# convolve(layer_index, x[B,T,C], conv: CausalConv) -> out[B,T,C]: the target hands the
+# layer's stored state to `conv(x, past)` and keeps the state it returns.
+Convolve = Callable[[int, torch.Tensor, "CausalConv"], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -181,6 +184,55 @@ class Attention(nn.Module):
         return self.o_proj(attend(layer_index, q, k, v))
 
 
+class CausalConv(nn.Module):
+    """Depthwise causal convolution over time with its state passed in and out: the one
+    definition of the conv state's math, which every target runs (only where the state is
+    kept differs). State layout [B, C, kernel-1], channels first, the last kernel-1 inputs
+    (as ONNX Runtime GenAI's conv_state and transformers' conv cache hold them).
+
+    Written as kernel multiply-adds over slices of [past, x], not F.conv1d: the same few
+    elementwise ops convert on every target (XNNPACK, ONNX, Core ML) at any length."""
+
+    def __init__(self, channels: int, kernel: int, bias: bool):
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.zeros(channels, kernel))  # HF Conv1d weight [C,1,k] squeezed
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B,T,C], past [B,C,kernel-1] (zeros before the first token) -> (out [B,T,C],
+        present [B,C,kernel-1]): out[t] = sum_j weight[:, j] * window[t + j] (+ bias)."""
+        window = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)  # [B, C, k-1+T]
+        t = x.shape[1]
+        out = window[..., 0:t] * self.weight[:, 0:1]
+        for j in range(1, self.kernel):
+            out = out + window[..., j:j + t] * self.weight[:, j:j + 1]
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.transpose(1, 2), window[..., -(self.kernel - 1):]
+
+
+class ShortConv(nn.Module):
+    """LFM2's gated short convolution (transformers Lfm2ShortConv): B, C, x = in_proj(h);
+    out_proj(C * conv(B * x)). Its state is the conv's (CausalConv)."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        d = spec.hidden_size
+        self.in_proj = nn.Linear(d, 3 * d, bias=spec.conv_bias)
+        self.conv = CausalConv(d, spec.conv_kernel, spec.conv_bias)
+        self.out_proj = nn.Linear(d, d, bias=spec.conv_bias)
+
+    def forward(self, layer_index, x, convolve: Convolve):
+        b, c, h = self.in_proj(x).chunk(3, dim=-1)
+        return self.out_proj(c * convolve(layer_index, b * h, self.conv))
+
+
+def zero_conv_state(spec: DecoderSpec, batch: int = 1, dtype=torch.float32) -> torch.Tensor:
+    """The state of a conv layer before the first token: [batch, hidden, kernel-1] zeros."""
+    return torch.zeros(batch, spec.hidden_size, spec.conv_kernel - 1, dtype=dtype)
+
+
 class GatedMLP(nn.Module):
     def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
@@ -217,7 +269,11 @@ class DecoderLayer(nn.Module):
         self.residual = spec.residual
         self.residual_scale = spec.residual_scale
         self.input_norm = make_norm(spec)
-        self.attention = Attention(spec, layer)
+        # the token mixer, by the state the layer carries (spec.layer_state)
+        if spec.layer_state(layer) == "conv":
+            self.conv = ShortConv(spec)
+        else:
+            self.attention = Attention(spec, layer)
         if spec.residual != "parallel_shared_norm":
             self.post_attention_norm = make_norm(spec)
         self.mlp = GatedMLP(spec, layer) if spec.mlp == "gated" else PlainMLP(spec, layer)
@@ -225,9 +281,12 @@ class DecoderLayer(nn.Module):
             self.attention_output_norm = make_norm(spec)
             self.mlp_output_norm = make_norm(spec)
 
-    def forward(self, layer_index, h, rope, attend: Attend):
+    def forward(self, layer_index, h, rope, attend: Attend, convolve: Convolve | None = None):
         x = self.input_norm(h)
-        a = self.attention(layer_index, x, rope, attend)
+        if hasattr(self, "conv"):
+            a = self.conv(layer_index, x, convolve)
+        else:
+            a = self.attention(layer_index, x, rope, attend)
         if hasattr(self, "attention_output_norm"):
             a = self.attention_output_norm(a)
         if self.residual_scale != 1.0:  # skipped at 1.0: other families' graphs stay as they were
@@ -261,9 +320,11 @@ class Decoder(nn.Module):
         if spec.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, input_ids, rope: dict, attend: Attend, last_only: bool = False, positions=None):
+    def forward(self, input_ids, rope: dict, attend: Attend, last_only: bool = False, positions=None,
+                convolve: Convolve | None = None):
         """input_ids [B,T]; rope {kind: (cos, sin)} [T, rotary_width] for the positions of
-        those tokens; positions [T] int64 (read only with learned position embeddings)."""
+        those tokens; positions [T] int64 (read only with learned position embeddings);
+        attend / convolve keep the state of attention / conv layers (spec.layer_state)."""
         spec = self.spec
         h = self.embed_tokens(input_ids)
         # once, broadcast over heads in every layer; in the activation dtype, as HF casts them
@@ -274,7 +335,7 @@ class Decoder(nn.Module):
             # HF Gemma casts the scale to the weight dtype first (bf16: sqrt(640) -> 25.25)
             h = h * torch.tensor(spec.embedding_scale, dtype=h.dtype)
         for i, layer in enumerate(self.layers):
-            h = layer(i, h, rope.get(spec.layer_rope(i)), attend)
+            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve)
         h = self.norm(h)
         if last_only:
             h = h[:, -1, :]
@@ -346,5 +407,8 @@ class EagerDecoder(nn.Module):
         def attend(i, q, k, v):
             return attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale, spec.attention_softcap)
 
+        def convolve(i, x, conv):
+            return conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
+
         rope = select_rows(rotary_tables(spec, len(positions)), slice(None))
-        return self.decoder(input_ids, rope, attend, positions=positions)
+        return self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve)

@@ -18,7 +18,11 @@ MLPS = ("gated", "plain")  # down(act(gate(x)) * up(x)) | fc_out(act(fc_in(x)))
 # parallel: h += attn(norm1(h)) + mlp(norm2(h))             (GPT-NeoX)
 # parallel_shared_norm: x = norm1(h); h += attn(x) + mlp(x) (Phi-2)
 RESIDUALS = ("sequential", "parallel", "parallel_shared_norm")
-LAYER_TYPES = ("full", "sliding")
+# What each layer is, and so the state it carries between calls (STATE_KINDS):
+# "full" / "sliding": attention over a KV cache (sliding: the window is a mask over it);
+# "conv": LFM2's gated short convolution, whose state is its last conv_kernel - 1 inputs.
+LAYER_TYPES = ("full", "sliding", "conv")
+STATE_KINDS = {"full": "kv", "sliding": "kv", "conv": "conv"}
 # Where q/k norms apply: "head" = over head_dim, per head, after the head split (Gemma 3,
 # OpenELM); "full" = over all heads' lanes at once, before the split (open_lm).
 QK_NORM_WIDTHS = ("head", "full")
@@ -103,6 +107,10 @@ class DecoderSpec:
     # add; the final hidden state divided by logit_divisor before the lm head.
     residual_scale: float = 1.0
     logit_divisor: float = 1.0
+    # "conv" layers (LFM2): taps of the depthwise causal convolution (config conv_L_cache),
+    # and whether its projections and taps have biases (conv_bias).
+    conv_kernel: int = 3
+    conv_bias: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -134,6 +142,9 @@ class DecoderSpec:
                 )
             if "sliding" in self.layer_types and not self.sliding_window:
                 raise CheckpointError("layer_types has sliding layers but sliding_window is not set")
+        if self.conv_layers and (isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int)
+                                 or self.conv_kernel < 2):
+            raise CheckpointError(f"conv_kernel must be a whole number of at least 2, not {self.conv_kernel!r}")
         if self.qk_norm_width not in QK_NORM_WIDTHS:
             raise CheckpointError(f"qk_norm_width {self.qk_norm_width!r} must be one of {', '.join(QK_NORM_WIDTHS)}")
         if self.qk_norm_width == "full" and not self.qk_norm:
@@ -204,9 +215,28 @@ class DecoderSpec:
     def rotary_width(self) -> int:
         return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
+    def layer_type(self, layer: int) -> str:
+        """One of LAYER_TYPES (an empty layer_types: every layer sliding when sliding_window
+        is set, else full)."""
+        if self.layer_types:
+            return self.layer_types[layer]
+        return "sliding" if self.sliding_window else "full"
+
+    def layer_state(self, layer: int) -> str:
+        """The kind of state `layer` carries between calls: "kv" or "conv" (STATE_KINDS)."""
+        return STATE_KINDS[self.layer_type(layer)]
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if self.layer_state(i) == "kv")
+
+    @property
+    def conv_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if self.layer_state(i) == "conv")
+
     def layer_window(self, layer: int) -> int | None:
-        """The sliding window of `layer`, or None for full causal attention."""
-        if self.sliding_window is None:
+        """The sliding window of `layer`, or None for full causal attention (and conv layers)."""
+        if self.sliding_window is None or self.layer_state(layer) != "kv":
             return None
         if self.layer_types and self.layer_types[layer] != "sliding":
             return None
@@ -220,7 +250,7 @@ class DecoderSpec:
     def rope_kinds(self) -> tuple[str, ...]:
         if not self.rotary_width:
             return ()
-        return tuple(sorted({self.layer_rope(i) for i in range(self.num_layers)}))
+        return tuple(sorted({self.layer_rope(i) for i in self.attention_layers}))
 
     def layer_heads(self, layer: int) -> int:
         return self.layer_num_heads[layer] if self.layer_num_heads else self.num_heads
@@ -253,9 +283,12 @@ class DecoderSpec:
         total = 0
         for i in range(self.num_layers):
             heads, kv, inter = self.layer_heads(i), self.layer_kv_heads(i), self.layer_intermediate(i)
-            attn = d * hd * (heads * 2 + kv * 2)
-            attn += hd * (heads + 2 * kv) * self.qkv_bias + d * self.output_bias
-            if self.qk_norm:
+            if self.layer_state(i) == "conv":  # in_proj d->3d, out_proj d->d, taps d x k (+ biases)
+                attn = 4 * d * d + d * self.conv_kernel + (3 * d + d + d) * self.conv_bias
+            else:
+                attn = d * hd * (heads * 2 + kv * 2)
+                attn += hd * (heads + 2 * kv) * self.qkv_bias + d * self.output_bias
+            if self.qk_norm and self.layer_state(i) == "kv":
                 attn += per_norm * hd * (2 if self.qk_norm_width == "head" else heads + kv)
             mlp = (3 if self.mlp == "gated" else 2) * d * inter + (inter + d) * self.mlp_bias
             total += attn + mlp + norms * per_norm * d
