@@ -14,6 +14,15 @@ FORWARD_METHOD = "forward"
 TOKENS, INPUT_POS, LOGITS = "tokens", "input_pos", "logits"
 
 
+# The program's mutable buffers, per layer (internal to the .pte; named in the manifest)
+def kv_cache_buffers(layer: int) -> tuple[str, str]:
+    return f"k_cache_{layer}", f"v_cache_{layer}"
+
+
+def conv_state_buffer(layer: int) -> str:
+    return f"conv_state_{layer}"
+
+
 def constant_methods(max_seq_len: int, vocab_size: int, num_layers: int, bos_id: int | None,
                      eos_ids: list[int]) -> dict:
     """The constant methods ExecuTorch's TextLLMRunner reads (bos -1 = none)."""

@@ -14,10 +14,11 @@ import contextlib
 import torch
 from torch import nn
 
+from mobilekit.formats.executorch import conv_state_buffer, kv_cache_buffers
 from mobilekit.lowering import replace_modules, spell_out_tanh_gelu
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.modeling.decoder import (LayerNorm, RMSNorm, Rotary, additive_mask, attention_mask,
-                                       rotary_attention_factor, rotary_inv_freq, softcap)
+                                       rotary_attention_factor, rotary_inv_freq, softcap, zero_conv_state)
 
 
 class LinearMeanRMSNorm(nn.Module):
@@ -98,10 +99,13 @@ def attention_plan(spec: DecoderSpec) -> list[str]:
     """How each layer attends over the cache:
     "custom_sdpa": llama::custom_sdpa, causal from start_pos (the fast path);
     "custom_sdpa_masked": llama::custom_sdpa with the layer's sliding-window mask;
-    "explicit": matmul, softcap, mask, softmax, matmul (custom_sdpa has no softcap)."""
+    "explicit": matmul, softcap, mask, softmax, matmul (custom_sdpa has no softcap);
+    "conv": not attention: a conv layer (its state is a buffer of its own)."""
     plan = []
     for i in range(spec.num_layers):
-        if spec.attention_softcap is not None:
+        if spec.layer_state(i) == "conv":
+            plan.append("conv")
+        elif spec.attention_softcap is not None:
             plan.append("explicit")
         elif spec.layer_window(i) is not None:
             plan.append("custom_sdpa_masked")
@@ -129,9 +133,11 @@ def explicit_attention(q, k_cache, v_cache, mask, scale: float, cap: float | Non
 
 
 class ExecuTorchDecoder(nn.Module):
-    """The decoder with a KV cache in mutable buffers, in ExecuTorch's custom-op layout
-    [1, max_seq_len, kv_heads, head_dim]. The cache is full-length in every layer: sliding
-    windows are applied as masks, exact at any context but no smaller in memory."""
+    """The decoder with its state in mutable buffers: each attention layer's KV cache in
+    ExecuTorch's custom-op layout [1, max_seq_len, kv_heads, head_dim], each conv layer's
+    state [1, hidden, kernel-1] (modeling.decoder.CausalConv). The cache is full-length in
+    every attention layer: sliding windows are applied as masks, exact at any context but no
+    smaller in memory."""
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
         super().__init__()
@@ -156,10 +162,12 @@ class ExecuTorchDecoder(nn.Module):
                 self.rope_scales[kind] = scale
                 self.register_buffer(f"cos_scale_{kind}", torch.cat([torch.full((spec.rotary_width,), scale),
                                                                      torch.ones(pad)]), persistent=False)
-        for i in range(spec.num_layers):  # per-layer kv heads (OpenELM): each buffer its own size
+        for i in spec.attention_layers:  # per-layer kv heads (OpenELM): each buffer its own size
             shape = (1, max_seq_len, spec.layer_kv_heads(i), spec.head_dim)
-            self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
-            self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
+            for name in kv_cache_buffers(i):
+                self.register_buffer(name, torch.zeros(shape), persistent=False)
+        for i in spec.conv_layers:
+            self.register_buffer(conv_state_buffer(i), zero_conv_state(spec), persistent=False)
 
     def _rope(self, positions: torch.Tensor) -> dict:
         rope = {}
@@ -176,7 +184,7 @@ class ExecuTorchDecoder(nn.Module):
         cache: custom_sdpa with a mask reads all max_seq_len keys (executorch 1.5.1), and
         unwritten or stale cache rows lie after the query, so the mask hides them."""
         spec = self.decoder.spec
-        windows = {spec.layer_window(i) for i, how in enumerate(self.plan) if how != "custom_sdpa"}
+        windows = {spec.layer_window(i) for i, how in enumerate(self.plan) if how in ("custom_sdpa_masked", "explicit")}
         if not windows:
             return {}
         query, key = torch.arange(seq_len) + start, torch.arange(self.max_seq_len)
@@ -203,8 +211,19 @@ class ExecuTorchDecoder(nn.Module):
                 grouped[key] = masks[key[0]].repeat(key[1], 1) if key[1] > 1 else masks[key[0]]
         scale = spec.attention_scale
 
+        # A sequence starts at position 0 with an empty state. The KV cache needs no reset
+        # (rows past the query are masked), but a conv state is read whole: zero it there,
+        # in the graph, so the runner needs no reset call between prompts.
+        continuing = (input_pos[:1] > 0).to(torch.float32)
+
+        def convolve(i, x, conv):
+            state = getattr(self, conv_state_buffer(i))
+            out, present = conv(x, state * continuing)
+            state.copy_(present)
+            return out
+
         def attend(i, q, k, v):
-            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            k_cache, v_cache = (getattr(self, name) for name in kv_cache_buffers(i))
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
             how, window = self.plan[i], spec.layer_window(i)
@@ -217,7 +236,7 @@ class ExecuTorchDecoder(nn.Module):
                 out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True, scale)
             return out.reshape(q.shape[0], -1, q.shape[2] * q.shape[3])
 
-        return self.decoder(tokens, rope, attend, last_only=True, positions=positions)
+        return self.decoder(tokens, rope, attend, last_only=True, positions=positions, convolve=convolve)
 
 
 # XNNPACK preprocesses every partition with 17 graph passes, each re-tracing the whole

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from mobilekit.errors import TargetUnavailable
+from mobilekit.formats import layer_states
 from mobilekit.formats.executorch import (FORWARD_METHOD, INPUT_POS, LOGITS, MODEL_FILE, TOKENIZER_FILE, TOKENS,
-                                          constant_methods as runner_constant_methods)
+                                          constant_methods as runner_constant_methods, conv_state_buffer,
+                                          kv_cache_buffers)
 from mobilekit.lowering import stage
 from mobilekit.memory import release_free_memory
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer
@@ -50,8 +52,9 @@ def cache_notes(spec: DecoderSpec) -> dict:
     layer's cache shape where layers differ in kv heads."""
     from mobilekit.lowering.executorch import attention_plan
 
-    plan = attention_plan(spec)
-    notes = {"attention": {kind: [i for i, how in enumerate(plan) if how == kind] for kind in dict.fromkeys(plan)}}
+    plan = [how for how in attention_plan(spec) if how != "conv"]
+    layers = spec.attention_layers
+    notes = {"attention": {kind: [i for i, how in zip(layers, plan) if how == kind] for kind in dict.fromkeys(plan)}}
     windowed = [i for i in range(spec.num_layers) if spec.layer_window(i) is not None]
     if windowed:
         notes["sliding_window"] = {
@@ -68,6 +71,16 @@ def cache_notes(spec: DecoderSpec) -> dict:
         notes["per_layer_shapes"] = "layer i's buffers are [1, max_seq_len, kv_heads_per_layer[i], head_dim]; " \
                                     "shape_per_layer gives the largest"
     return notes
+
+
+def states_in_buffers(spec: DecoderSpec) -> list[dict]:
+    """formats.layer_states, each with the mutable buffers that hold it in the program
+    (internal to the .pte: the runner drives every kind alike, by input_pos)."""
+    states = layer_states(spec)
+    for state in states:
+        i = state["layer"]
+        state["buffers"] = [conv_state_buffer(i)] if state["kind"] == "conv" else list(kv_cache_buffers(i))
+    return states
 
 
 # --- quantization: torchao source transforms applied before torch.export -----------------
@@ -288,6 +301,7 @@ class ExecuTorchTarget(Target):
                 "dtype": "float32",
                 **cache_notes(spec),
             },
+            "states": states_in_buffers(spec),
             "constant_methods": methods,
         }
         return Artefact(files=[MODEL_FILE], io=io, extra={"timings": timings, "backend": "XNNPACK"})

@@ -16,7 +16,7 @@ from mobilekit.modeling.spec import DecoderSpec
 from mobilekit.targets import ExportRequest, get
 
 SEQ = 32
-SPEC = DecoderSpec(vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+SPEC = DecoderSpec(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                    intermediate_size=64, max_position_embeddings=64, layer_types=("conv", "full"),
                    conv_kernel=3, conv_bias=True)
 FIRST = [5, 17, 3, 88, 41, 9, 60, 2, 33, 71]  # prefill 5, then 5 single steps
@@ -124,3 +124,54 @@ def test_runtime_logits_match_eager_token_by_token(target, tmp_path, expected):
         want = want[prefill - 1:]
         np.testing.assert_allclose(got, want, atol=TOLERANCE[target] * np.abs(want).max())
         assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_executorch_runner_generates_the_eager_text(tiny_llama_dir, tmp_path):
+    """ExecuTorch's C++ TextLLMRunner (the app runtime) on the conv model: it knows nothing
+    of conv states, and needs to: the .pte zeroes them at position 0 itself (ExecuTorch
+    serializes a mutated buffer without its initial values)."""
+    import dataclasses
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    spec = dataclasses.replace(SPEC, vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    decoder = Decoder(spec).eval().requires_grad_(False)
+    for p in decoder.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    target = get("executorch")
+    target.export(ExportRequest(decoder=decoder, scheme="fp32", max_seq_len=SEQ, bos_id=None, eos_ids=[],
+                                out_dir=tmp_path))
+    shutil.copy(tiny_llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    prompt = "Rivers carry water"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        for _ in range(10):
+            ids.append(int(EagerDecoder(decoder)(torch.tensor([ids]))[0, -1].argmax()))
+    expected = tokenizer.decode(ids[-10:])
+    for _ in range(2):  # a second runner: the state from the first never leaks in
+        generated = target.generate(tmp_path, {"max_seq_len": SEQ}, prompt, 10, lambda _t: None)
+        assert generated.text == expected
+
+
+@pytest.mark.parametrize("target", ["executorch"])
+def test_int4_runs_the_conv_layers_like_eager_int4(target, tmp_path):
+    """int4 on a conv model: in_proj / out_proj are linears, quantized like any other (the
+    conv taps are a [C, kernel] elementwise weight and stay float). The runtime matches the
+    same quantized decoder run eagerly: the state is carried right under quantization too."""
+    exporter = get(target)
+    exporter.export(ExportRequest(decoder=conv_decoder(), scheme="int4", max_seq_len=SEQ, bos_id=None, eos_ids=[2],
+                                  out_dir=tmp_path))
+    session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "scheme": "int4"})
+    quantized = conv_decoder()
+    exporter.quantizer("int4").apply(quantized, "int4")
+    conv_layer = quantized.layers[0].conv
+    assert type(conv_layer.in_proj.weight).__name__ == type(conv_layer.out_proj.weight).__name__ == \
+        "IntxUnpackedToInt8Tensor"
+    assert type(conv_layer.conv.weight) is torch.nn.Parameter
+    want = eager_logits(quantized, FIRST)[4:]
+    got = stepped_logits(session, FIRST, 5)
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.8
