@@ -33,10 +33,16 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/mobilekit generate $(DEMO_BUNDLE) "Write a short story about a robot learning to paint." --max-new-tokens 120
 
 test: install $(JVM_TOOLCHAIN)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup --durations=30
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup --durations=30 -m "not nightly"
+
+# The long sweeps kept out of `make test` (README "Tests"): the nightly workflow runs them,
+# and the parsers' property tests with more examples.
+test-nightly: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup --durations=30 -m nightly
+	HF_HUB_OFFLINE=1 MOBILEKIT_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto tests/reliability/test_parsers.py
 
 test-fast: install $(JVM_TOOLCHAIN)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow and not nightly"
 
 clean:
 	rm -rf out .pytest_cache

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 def layer_states(spec) -> list[dict]:
     """Per layer, the state it carries from one call to the next, as every format's manifest
-    describes it (io["states"]): a KV cache ("kv": its kv heads, head size and sliding
+    describes it (io["layer_states"]): a KV cache ("kv": its kv heads, head size and sliding
     window, null = full causal) or a convolution state ("conv": the last kernel-1 inputs of
     each of `channels` channels, zeros before the first token). A target adds to each entry
     where that state lives in its artefact, so apps and demo cores can drive any mix of

@@ -301,7 +301,7 @@ class ExecuTorchTarget(Target):
                 "dtype": "float32",
                 **cache_notes(spec),
             },
-            "states": states_in_buffers(spec),
+            "layer_states": states_in_buffers(spec),
             "constant_methods": methods,
         }
         return Artefact(files=[MODEL_FILE], io=io, extra={"timings": timings, "backend": "XNNPACK"})

@@ -12,6 +12,7 @@ from mobilekit.targets.coreml import MODEL_FILE
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.nightly,  # ~9 minutes of numpy op-by-op evaluation; make test keeps Core ML int4
     pytest.mark.skipif(sys.platform == "darwin", reason="on macOS the real Core ML runtime runs stage 2 and generate"),
 ]
 

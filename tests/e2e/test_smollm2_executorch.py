@@ -28,6 +28,7 @@ def test_default_answers_paris_stops_and_tells_a_story(smollm2_bundle):
     assert len(words) > 40 and not validate.degeneration(list(range(len(words))), story)["nonwords"]
 
 
+@pytest.mark.nightly  # a second real export (~400 s); make test keeps the default bundle
 def test_fp32_runner_greedy_equals_reference(smollm2_bundle, smollm2_context):
     result = smollm2_bundle("executorch", "fp32")
     assert result.manifest["validation"]["stage2"]["metrics"]["greedy_match"] == 1.0

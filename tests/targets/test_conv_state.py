@@ -116,7 +116,7 @@ def test_runtime_logits_match_eager_token_by_token(target, tmp_path, expected):
     exporter = get(target)
     artefact = exporter.export(ExportRequest(decoder=conv_decoder(), scheme="fp32", max_seq_len=SEQ, bos_id=None,
                                              eos_ids=[2], out_dir=tmp_path))
-    states = artefact.io["states"]
+    states = artefact.io["layer_states"]
     assert [(s["layer"], s["kind"]) for s in states] == [(0, "conv"), (1, "kv")]
     session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp32"})
     for tokens, prefill, want in ((FIRST, 5, expected[0]), (SECOND, 3, expected[1])):
