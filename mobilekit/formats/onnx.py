@@ -6,10 +6,17 @@ optimum decoder exports, which GenAI reads through `genai_config.json` with
 `past_present_share_buffer: false`:
 
   inputs   input_ids [1,T] int64, attention_mask [1,P+T] int64, position_ids [1,T] int64,
-           past_key_values.{i}.key|value [1,kv_heads,P,head_dim]
-  outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim]
+           past_key_values.{i}.key|value [1,kv_heads,P,head_dim]     (attention layers i)
+           past_key_values.{i}.conv_state [1,hidden,kernel-1]        (conv layers i)
+  outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim],
+           present.{i}.conv_state [1,hidden,kernel-1]
 
-present = concat(past, new): the app feeds each present back as the next past.
+The app feeds each present back as the next past: a KV present is concat(past, new), a conv
+present the last kernel-1 inputs of the layer's convolution (zeros before the first token).
+A folder with conv layers declares GenAI's "lfm2" model type (its cache for hybrid
+conv/attention stacks) and names the conv states in genai_config.json (past_conv_names,
+present_conv_names): GenAI 0.18's defaults, in the past_key_values./present. prefixes that
+every past and present here share (GenAI's own builder writes past.%d.conv instead).
 """
 
 from __future__ import annotations
@@ -17,23 +24,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mobilekit.formats import layer_states
+
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 GENAI_CONFIG = "genai_config.json"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
 PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
+PAST_CONV, PRESENT_CONV = "past_key_values.%d.conv_state", "present.%d.conv_state"
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 # Symbolic dims, named as in ONNX Runtime GenAI's own builder.
 SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_sequence_length"
 
 
-def past_names(num_layers: int) -> list[str]:
-    return [name % i for i in range(num_layers) for name in (PAST_KEY, PAST_VALUE)]
+def layer_state_names(spec, layer: int) -> list[tuple[str, str]]:
+    """(past input, present output) of each tensor of the state `layer` carries
+    (spec.layer_state): its key and value for a KV cache, its conv_state for a convolution."""
+    if spec.layer_state(layer) == "conv":
+        return [(PAST_CONV % layer, PRESENT_CONV % layer)]
+    return [(PAST_KEY % layer, PRESENT_KEY % layer), (PAST_VALUE % layer, PRESENT_VALUE % layer)]
 
 
-def present_names(num_layers: int) -> list[str]:
-    return [name % i for i in range(num_layers) for name in (PRESENT_KEY, PRESENT_VALUE)]
+def past_names(spec) -> list[str]:
+    """The graph's past inputs after input_ids, attention_mask, position_ids, layer by layer."""
+    return [past for i in range(spec.num_layers) for past, _ in layer_state_names(spec, i)]
+
+
+def present_names(spec) -> list[str]:
+    """The graph's present outputs after logits, in the order of past_names."""
+    return [present for i in range(spec.num_layers) for _, present in layer_state_names(spec, i)]
 
 
 def past_name_of(present_name: str) -> str:
@@ -57,6 +77,13 @@ def read_genai_config(bundle_dir: Path) -> tuple[int, set[int]]:
 
 
 # --- GenAI config and I/O description ----------------------------------------------------
+
+
+# GenAI's name for the layer type of each state kind (its decoder.layer_types, as its builder
+# writes them from the checkpoint's). Sliding layers are "full_attention" to GenAI too: the
+# graph keeps their past full length and windows it with a mask, so GenAI must keep the whole
+# cache, as it does for full layers.
+GENAI_LAYER_TYPES = {"kv": "full_attention", "conv": "conv"}
 
 
 def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int]) -> dict:
@@ -90,10 +117,19 @@ def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int])
         "pad_token_id": eos[0] if eos else 0,
         # GenAI picks its model class (how it feeds inputs and the cache) by type; every mobilekit
         # graph has the same decoder-only I/O whatever the family, which "llama" names. Family
-        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one.
-        "type": "llama",
+        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one. Conv states
+        # need GenAI's cache for hybrid conv/attention stacks, which only its "lfm2" type has;
+        # so the type follows the state kinds the layers carry, not the family.
+        "type": "lfm2" if spec.conv_layers else "llama",
         "vocab_size": spec.vocab_size,
     }
+    if spec.conv_layers:
+        decoder = model["decoder"]
+        decoder["inputs"]["past_conv_names"] = PAST_CONV
+        decoder["outputs"]["present_conv_names"] = PRESENT_CONV
+        # which layers hold key/value and which a conv state: the names index layers
+        decoder["layer_types"] = [GENAI_LAYER_TYPES[spec.layer_state(i)] for i in range(spec.num_layers)]
+        decoder["conv_cache_size"] = spec.conv_kernel - 1
     if bos_id is not None:
         model["bos_token_id"] = bos_id
     search = {
@@ -143,11 +179,24 @@ def per_layer_kv_note(spec) -> dict:
 
 
 def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
-    n, kv, hd = spec.num_layers, spec.num_kv_heads, spec.head_dim
-    past = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), PAST_SEQ, hd]}
-            for j, name in enumerate(past_names(n))]
-    present = [{"name": name, "dtype": kv_dtype, "shape": [1, spec.layer_kv_heads(j // 2), TOTAL_SEQ, hd]}
-               for j, name in enumerate(present_names(n))]
+    """The manifest's io section: graph inputs and outputs with their shapes (symbolic dims by
+    name), the KV cache of the attention layers, and io["states"]: per layer its state
+    (formats.layer_states) and the past inputs / present outputs that carry it."""
+    kv, hd = spec.num_kv_heads, spec.head_dim
+    past, present = [], []
+    states = layer_states(spec)
+    for state in states:
+        i = state["layer"]
+        names = layer_state_names(spec, i)
+        if state["kind"] == "conv":
+            past_shape = present_shape = state["shape"]
+        else:
+            past_shape = [1, spec.layer_kv_heads(i), PAST_SEQ, hd]
+            present_shape = [1, spec.layer_kv_heads(i), TOTAL_SEQ, hd]
+        past += [{"name": name, "dtype": kv_dtype, "shape": past_shape} for name, _ in names]
+        present += [{"name": name, "dtype": kv_dtype, "shape": present_shape} for _, name in names]
+        state["inputs"] = [name for name, _ in names]
+        state["outputs"] = [name for _, name in names]
     return {
         "inputs": [
             {"name": INPUT_IDS, "dtype": "int64", "shape": [1, SEQ]},
@@ -156,10 +205,12 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
             *past,
         ],
         "outputs": [{"name": LOGITS, "dtype": "float32", "shape": [1, SEQ, spec.vocab_size]}, *present],
+        "states": states,
         "kv_cache": {
             "kind": "past/present tensors: feed present.{i}.* back as past_key_values.{i}.*; "
             "present = concat(past, new) along the sequence axis",
-            "layers": n,
+            # the attention layers: all of them, unless some carry another state (which ones: io states)
+            "layers": len(spec.attention_layers),
             "kv_heads": kv,
             "head_dim": hd,
             "layout": ["batch", "kv_heads", "sequence", "head_dim"],
@@ -176,4 +227,3 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
         },
         "genai_config": GENAI_CONFIG,
     }
-

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilekit.formats import layer_states
+from mobilekit.formats.onnx import layer_state_names
 from mobilekit.lowering import modules_replaced
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import RMSNorm, Rotary, additive_mask
@@ -166,14 +168,18 @@ def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtyp
 
 
 class OnnxDecoder(nn.Module):
-    """The decoder with past/present KV tensors in GenAI's layout [1, kv_heads, seq, head_dim].
+    """The decoder with its layers' states as past inputs and present outputs, in GenAI's
+    layout: a KV cache [1, kv_heads, seq, head_dim] per attention layer, a conv state
+    [1, hidden, kernel-1] per conv layer, in the order of formats.onnx.past_names.
 
     Positions come from `position_ids`: rotary cos/sin gathered from one max_seq_len table
     per kind (Gemma 3's sliding layers have their own base), learned position embeddings
     (GPT-2) gathered likewise. The causal mask comes from shapes (query i sits at P+i and
     sees keys 0..P+i), combined with `attention_mask` for padded keys; sliding layers get a
     second mask that also hides keys at or before query - window. Both are built once per
-    forward and shared by the layers; the cache stays full length.
+    forward and shared by the layers; the cache stays full length. A conv layer runs the
+    decoder's own CausalConv on the past conv state it is fed (zeros at position 0, from the
+    runtime) and returns the state after these tokens as its present.
     """
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
@@ -181,6 +187,13 @@ class OnnxDecoder(nn.Module):
         spec = decoder.spec
         self.decoder = decoder
         self.dtype = decoder.embed_tokens.weight.dtype
+        # layer -> positions of its state's tensors in `past` (and of their presents)
+        self.state_slots: dict[int, list[int]] = {}
+        slot = 0
+        for i in range(spec.num_layers):
+            count = len(layer_state_names(spec, i))
+            self.state_slots[i] = list(range(slot, slot + count))
+            slot += count
         for kind, (cos, sin) in rotary_tables(spec, max_seq_len).items():
             self.register_buffer(f"rope_cos_{kind}", cos.to(self.dtype), persistent=False)
             self.register_buffer(f"rope_sin_{kind}", sin.to(self.dtype), persistent=False)
@@ -197,24 +210,34 @@ class OnnxDecoder(nn.Module):
 
         masks = additive_masks(spec, t, attention_mask, self.dtype)
         scale, softcap = spec.attention_scale, spec.attention_softcap or 0.0
-        presents: list[torch.Tensor] = []
+        presents: list[torch.Tensor | None] = [None] * len(past)
 
         def attend(i, q, k, v):
-            out, k, v = torch.ops.mobilekit_onnx.attention(
-                q, k, v, masks[spec.layer_window(i)], past[2 * i], past[2 * i + 1], scale, softcap
+            key, value = self.state_slots[i]
+            out, presents[key], presents[value] = torch.ops.mobilekit_onnx.attention(
+                q, k, v, masks[spec.layer_window(i)], past[key], past[value], scale, softcap
             )
-            presents.extend((k, v))
             return out
 
-        logits = self.decoder(input_ids, rope, attend, positions=positions)
+        def convolve(i, x, conv):
+            (state,) = self.state_slots[i]
+            out, presents[state] = conv(x, past[state])
+            return out
+
+        logits = self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve)
         return (logits.float(), *presents)
 
 
 def example_inputs(spec, dtype: torch.dtype):
+    """input_ids, attention_mask, position_ids and the pasts, in the order of past_names."""
     # T=2, P=3: neither is 0 or 1, so export does not specialize them.
     t, p = 2, 3
-    # one key and one value per layer, each with that layer's kv heads (OpenELM's differ)
-    past = [torch.zeros(1, spec.layer_kv_heads(i // 2), p, spec.head_dim, dtype=dtype) for i in range(2 * spec.num_layers)]
+    past = []
+    for state in layer_states(spec):
+        if state["kind"] == "conv":
+            past.append(torch.zeros(state["shape"], dtype=dtype))
+        else:  # one key and one value, each with that layer's kv heads (OpenELM's differ)
+            past += [torch.zeros(1, state["kv_heads"], p, state["head_dim"], dtype=dtype) for _ in range(2)]
     return (
         torch.zeros(1, t, dtype=torch.long),
         torch.ones(1, p + t, dtype=torch.long),

@@ -10,8 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from mobilekit.formats.onnx import (ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, is_past_name, is_present_name,
-                                    past_name_of, read_genai_config)
+from mobilekit.formats.onnx import (ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_SEQ, POSITION_IDS, is_past_name,
+                                    is_present_name, past_name_of, read_genai_config)
 from mobilekit.runtime import GenerationResult, Session, threads
 
 GENAI = "ONNX Runtime GenAI"
@@ -39,9 +39,13 @@ class OnnxSession(Session):
         self.reset()
 
     def reset(self) -> None:
+        """Zero pasts shaped from the graph's inputs: the past sequence length is 0 before the
+        first token (a KV cache starts empty); a past without that axis (a conv state,
+        [1, hidden, kernel-1]) starts as zeros of its full, fixed shape."""
         super().reset()
         self._past = {
-            i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=_NUMPY_TYPES[i.type]) for i in self._past_inputs
+            i.name: np.zeros([0 if d == PAST_SEQ else d for d in i.shape], dtype=_NUMPY_TYPES[i.type])
+            for i in self._past_inputs
         }
 
     def _run(self, tokens):

@@ -5,17 +5,22 @@ Contract (the layout of Hugging Face / optimum decoder exports, which GenAI read
 `genai_config.json` with `past_present_share_buffer: false`):
 
   inputs   input_ids [1,T] int64, attention_mask [1,P+T] int64, position_ids [1,T] int64,
-           past_key_values.{i}.key|value [1,kv_heads,P,head_dim]
-  outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim]
+           past_key_values.{i}.key|value [1,kv_heads,P,head_dim]   (attention layers i)
+           past_key_values.{i}.conv_state [1,hidden,kernel-1]      (conv layers i)
+  outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim],
+           present.{i}.conv_state [1,hidden,kernel-1]
 
-present = concat(past, new): the app feeds each present back as the next past. T and P are
-dynamic; P is 0 on the first call. The graph is exported with `torch.onnx.export(dynamo=True)`
-from a wrapper around the one mobilekit decoder, at opset 23 (ONNX Runtime >= 1.23): each
-layer is RMSNormalization (LayerNormalization for LayerNorm families), MatMuls,
-RotaryEmbedding (rotary_embedding_dim for partial rotary) and one Attention node (GQA, past
-and present inside, softcap for Gemma 2). Sliding-window layers keep a full-length past and
-read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are ONNX Runtime's own
-MatMulNBits weight quantizer.
+The app feeds each present back as the next past (a KV present is concat(past, new); a conv
+present the last kernel-1 inputs of the convolution, zeros before the first token). T and P
+are dynamic; P is 0 on the first call. A folder with conv layers declares GenAI's "lfm2"
+type, whose cache holds both kinds (formats.onnx.genai_config). The graph is exported with
+`torch.onnx.export(dynamo=True)` from a wrapper around the one mobilekit decoder, at opset 23
+(ONNX Runtime >= 1.23): each layer is RMSNormalization (LayerNormalization for LayerNorm
+families), MatMuls, RotaryEmbedding (rotary_embedding_dim for partial rotary) and one
+Attention node (GQA, past and present inside, softcap for Gemma 2); a conv layer (LFM2) is its MatMuls around the
+decoder's CausalConv, a few elementwise ops on [past, x]. Sliding-window layers keep a
+full-length past and read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are
+ONNX Runtime's own MatMulNBits weight quantizer (MatMuls only: conv taps stay float).
 
 The contract's names, genai_config.json and the manifest's io section live in
 mobilekit.formats.onnx, shared with the runtime; the exported module (OnnxDecoder), its custom
@@ -35,9 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from mobilekit.errors import ExportError, TargetUnavailable
-from mobilekit.formats.onnx import (ATTENTION_MASK, DATA_FILE, GENAI_CONFIG, INPUT_IDS, LOGITS, MODEL_FILE,
-                                    PAST_SEQ, POSITION_IDS, SEQ, TOTAL_SEQ, genai_config, io_contract,
-                                    is_present_name, past_names, present_names)
+from mobilekit.formats.onnx import DATA_FILE, GENAI_CONFIG, MODEL_FILE, genai_config, io_contract
 from mobilekit.lowering import stage
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
 from mobilekit.runtime.onnx import OnnxSession, genai_generate, genai_greedy
@@ -115,12 +118,20 @@ def _readable_names(model) -> None:
     common.NameFixPass()(model)
 
 
-def _name_dims(model) -> None:
-    """Present length is P+T; call it total_sequence_length as the attention mask does."""
+def _symbolic_dims(shape: list) -> dict[int, str]:
+    """{axis: name} of the symbolic dims of a contract shape."""
+    return {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
+
+
+def _name_dims(model, contract: dict) -> None:
+    """Name the outputs' symbolic dims as the contract does: the exporter leaves a KV
+    present's length (P+T) an expression; it is total_sequence_length, as in the mask."""
+    declared = {value["name"]: value["shape"] for value in contract["outputs"]}
     for value in model.graph.outputs:
-        if is_present_name(value.name) and value.shape is not None:
+        if value.name in declared and value.shape is not None:
             dims = list(value.shape)
-            dims[2] = TOTAL_SEQ
+            for axis, name in _symbolic_dims(declared[value.name]).items():
+                dims[axis] = name
             value.shape = type(value.shape)(dims)
 
 
@@ -147,11 +158,16 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     if scheme == "fp16":
         decoder = copy.deepcopy(decoder).to(torch.float16)
     dtype = decoder.embed_tokens.weight.dtype
-    n = spec.num_layers
-    names = ({1: SEQ}, {1: TOTAL_SEQ}, {1: SEQ}, [{2: PAST_SEQ}] * (2 * n))
+    # Input and output names and each input's symbolic dims, as the contract declares them (a
+    # conv state has none: its shape is fixed); its dtype is not read here.
+    contract = io_contract(spec, max_seq_len, "float32")
+    symbolic = [_symbolic_dims(value["shape"]) for value in contract["inputs"]]
+    # in OnnxDecoder's argument structure: input_ids, attention_mask, position_ids, [pasts]
+    names = (*symbolic[:3], symbolic[3:])
     # Dim.DYNAMIC, not named Dims: from the example (T=2, P=3) export infers bounds such as
     # P >= 2 that named Dims would reject; the graph holds for P = 0 and T = 1 (tested).
-    dynamic = ({1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, {1: Dim.DYNAMIC}, [{2: Dim.DYNAMIC}] * (2 * n))
+    dynamic = (*({axis: Dim.DYNAMIC for axis in dims} for dims in symbolic[:3]),
+               [{axis: Dim.DYNAMIC for axis in dims} for dims in symbolic[3:]])
     example = example_inputs(spec, dtype)
 
     with stage(timings, "torch_export_s", progress, "torch.export", failing="torch.export of the ONNX decoder"), \
@@ -170,8 +186,8 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
             onnx_program = torch.onnx.export(
                 program, example, dynamo=True, dynamic_shapes=names, opset_version=OPSET,
                 custom_translation_table=ops["translations"],
-                input_names=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(n)],
-                output_names=[LOGITS, *present_names(n)],
+                input_names=[value["name"] for value in contract["inputs"]],
+                output_names=[value["name"] for value in contract["outputs"]],
                 optimize=False, verbose=False,
             )
     finally:
@@ -180,7 +196,7 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     with stage(timings, "optimize_s", progress, "optimizing the ONNX graph"):
         _light_optimize(onnx_program.model)
         _readable_names(onnx_program.model)
-        _name_dims(onnx_program.model)
+        _name_dims(onnx_program.model, contract)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if chosen.changes_weights:
