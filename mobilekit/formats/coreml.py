@@ -6,9 +6,13 @@ A stateful `model.mlpackage` (iOS 18 / macOS 15) in the shape that swift-transfo
   inputs   inputIds    int32 [1, T]                 T in 1..max_seq_len (RangeDim)
            causalMask  fp16  [1, 1, T, past+T]      additive: 0 = attend, -65504 = masked
   output   logits      [1, T, vocab]                fp16 (fp32 for the fp32 scheme)
-  states   keyCache, valueCache  fp16 [layers, 1, kv_heads, max_seq_len, head_dim]
-plus mobilekit's metadata keys, the compute units per scheme, reading a saved package back
-(`load_program`) and checking it against this contract (`check_spec`). No torch here:
+  states   keyCache, valueCache  fp16 [attention layers, 1, kv_heads, max_seq_len, head_dim]
+           convState             fp16 [conv layers, 1, hidden, kernel-1]   (only with conv layers)
+           (convState is mobilekit's own; swift-transformers makes and passes every state)
+One row of the KV cache per attention layer and one row of convState per conv layer (LFM2),
+in layer order (`state_rows`); the manifest's io.states says, per layer, which state and row.
+Also here: mobilekit's metadata keys, the compute units per scheme, reading a saved package
+back (`load_program`) and checking it against this contract (`check_spec`). No torch here:
 coremltools is imported where a package is read.
 """
 
@@ -21,15 +25,23 @@ from pathlib import Path
 import numpy as np
 
 from mobilekit.errors import BundleError, ValidationFailed
+from mobilekit.formats import layer_states
 
 MODEL_FILE = "model.mlpackage"
 INPUT_IDS, CAUSAL_MASK, LOGITS = "inputIds", "causalMask", "logits"
 KEY_CACHE, VALUE_CACHE = "keyCache", "valueCache"
+# The conv layers' states (their last kernel-1 inputs): mobilekit's name, not one
+# swift-transformers knows. It needs none: MLModel.makeState() makes every declared state,
+# and the model alone reads and writes it.
+CONV_STATE = "convState"
 DEPLOYMENT_TARGET = "iOS18"  # = macOS15; stateful models need it
 SPEC_VERSION_IOS18 = 9  # Model.specificationVersion that coremltools writes for iOS18
 WRAPPED_DECODER = "decoder"  # attribute name: torch.export lifts weights as p_decoder_<key>
 METADATA_IDENTITY_WEIGHTS = "mobilekit.identity_weights"
 METADATA_SHARED_WEIGHTS = "mobilekit.shared_weights"
+# {key: [{"const", "start", "step"}]}: weights the graph reads only in slices, each slice a
+# const of its own (mobilekit.lowering.coreml.sliced_weights)
+METADATA_SLICED_WEIGHTS = "mobilekit.sliced_weights"
 METADATA_SCHEME = "mobilekit.scheme"
 METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
 # {"window", "layers"} or null: the sliding-window layers masked inside the model
@@ -80,6 +92,11 @@ def read_shared_metadata(spec_pb) -> dict[str, str]:
     return json.loads(raw) if raw else {}
 
 
+def read_sliced_metadata(spec_pb) -> dict[str, list[dict]]:
+    raw = spec_pb.description.metadata.userDefined.get(METADATA_SLICED_WEIGHTS)
+    return json.loads(raw) if raw else {}
+
+
 def causal_mask(seq_len: int, end: int) -> np.ndarray:
     """fp16 [1,1,T,end] additive mask for T new tokens at positions end-T..end-1."""
     start = end - seq_len
@@ -105,23 +122,58 @@ def sliding_window_layout(spec) -> dict | None:
     return {"window": spec.sliding_window, "layers": layers} if layers else None
 
 
+def kv_cache_shape(spec, max_seq_len: int) -> list[int]:
+    """keyCache / valueCache: one row per attention layer (a conv layer has no KV cache), each
+    sized for the largest layer's kv heads."""
+    return [len(spec.attention_layers), 1, spec.num_kv_heads, max_seq_len, spec.head_dim]
+
+
+def conv_state_shape(spec) -> list[int] | None:
+    """convState: one row per conv layer, each a conv state [1, hidden, kernel-1] as
+    formats.layer_states describes it; None without conv layers (no state declared)."""
+    if not spec.conv_layers:
+        return None
+    return [len(spec.conv_layers), 1, spec.hidden_size, spec.conv_kernel - 1]
+
+
+def state_rows(spec) -> dict[int, int]:
+    """layer -> its row in the states of its kind: the attention layers' rows of
+    keyCache/valueCache, the conv layers' rows of convState, each in layer order."""
+    return {layer: row for layers in (spec.attention_layers, spec.conv_layers) for row, layer in enumerate(layers)}
+
+
+def located_layer_states(spec) -> list[dict]:
+    """formats.layer_states with, per layer, where its state lives: "state" (the Core ML
+    state's name; {"key", "value"} for a KV cache) and "index" (the row along that state's
+    first axis)."""
+    rows = state_rows(spec)
+    located = []
+    for entry in layer_states(spec):
+        where = {"key": KEY_CACHE, "value": VALUE_CACHE} if entry["kind"] == "kv" else CONV_STATE
+        located.append({**entry, "state": where, "index": rows[entry["layer"]]})
+    return located
+
+
 def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
     """What apps rely on: names, dtypes and shapes (symbolic dims as strings)."""
-    cache_shape = [spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim]
+    cache_shape = kv_cache_shape(spec, max_seq_len)
     logits_dtype = "float32" if scheme == "fp32" else "float16"
     kv_cache = {
         "kind": "Core ML states (slice_update at [past, past+T))",
-        "layers": spec.num_layers,
+        "layers": len(spec.attention_layers),
         "kv_heads": spec.num_kv_heads,
         "head_dim": spec.head_dim,
         "max_seq_len": max_seq_len,
         "shape": cache_shape,
         "dtype": "float16",
     }
+    if spec.conv_layers:
+        kv_cache["attention_layers"] = list(spec.attention_layers)
+        kv_cache["rows"] = "row r holds attention layer attention_layers[r]; conv layers have no KV cache"
     if not spec.uniform_kv_heads:
-        kv_cache["kv_heads_per_layer"] = [spec.layer_kv_heads(i) for i in range(spec.num_layers)]
-        kv_cache["per_layer_kv_heads"] = ("one state sized for the largest layer (kv_heads); layer i reads and writes "
-                                          "its first kv_heads_per_layer[i] heads, the rest stay zero")
+        kv_cache["kv_heads_per_layer"] = [spec.layer_kv_heads(i) for i in spec.attention_layers]
+        kv_cache["per_layer_kv_heads"] = ("one state sized for the largest layer (kv_heads); the layer in row r reads "
+                                          "and writes its first kv_heads_per_layer[r] heads, the rest stay zero")
     window = sliding_window_layout(spec)
     if window:
         kv_cache["sliding_window"] = {
@@ -131,6 +183,15 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
             "mask": "applied inside the model from the positions (keys <= query - window are masked in the "
                     "sliding layers); the app passes the plain causal mask",
         }
+    state_tensors = [
+        {"name": KEY_CACHE, "dtype": "float16", "shape": cache_shape},
+        {"name": VALUE_CACHE, "dtype": "float16", "shape": cache_shape},
+    ]
+    conv_shape = conv_state_shape(spec)
+    if conv_shape:
+        state_tensors.append({"name": CONV_STATE, "dtype": "float16", "shape": conv_shape,
+                              "reset": "read as zeros when a call starts at position 0 (inside the model), so a "
+                                       "reused MLState needs no clearing between sequences"})
     return {
         "inputs": [
             {"name": INPUT_IDS, "dtype": "int32", "shape": [1, "T"]},
@@ -139,10 +200,10 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
                           "past..past+T-1, read from the shape"},
         ],
         "outputs": [{"name": LOGITS, "dtype": logits_dtype, "shape": [1, "T", spec.vocab_size]}],
-        "states": [
-            {"name": KEY_CACHE, "dtype": "float16", "shape": cache_shape},
-            {"name": VALUE_CACHE, "dtype": "float16", "shape": cache_shape},
-        ],
+        # The Core ML states the model declares (MLModel.makeState() makes them all) ...
+        "state_tensors": state_tensors,
+        # ... and, per layer, the state it carries and where in those it lives.
+        "states": located_layer_states(spec),
         "dims": {"T": {"min": 1, "max": max_seq_len}, "past+T": {"min": 1, "max": max_seq_len}},
         "kv_cache": kv_cache,
         "loader": "swift-transformers LanguageModelWithStatefulKVCache",
@@ -165,9 +226,10 @@ def _ranges(array_type) -> list[tuple[int, int]] | None:
 
 def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> dict:
     """Check the saved package against the contract; raise ValidationFailed naming every
-    mismatch. `expected` (layers, kv_heads, head_dim, max_seq_len, vocab_size, and
-    optionally sliding_window as `sliding_window_layout` gives it) tightens the checks;
-    without it the shapes are checked for consistency among themselves."""
+    mismatch. `expected` (layers: the KV cache's rows, kv_heads, head_dim, max_seq_len,
+    vocab_size, and optionally sliding_window as `sliding_window_layout` gives it and
+    conv_state as `conv_state_shape` gives it) tightens the checks; without it the shapes are
+    checked for consistency among themselves."""
     path = Path(bundle_dir) / MODEL_FILE
     if not path.exists():
         raise BundleError(f"{path} does not exist; re-run the export")
@@ -193,8 +255,14 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
         problems.append(f"inputs are {list(inputs)}, expected [{INPUT_IDS!r}, {CAUSAL_MASK!r}]")
     if list(outputs) != [LOGITS]:
         problems.append(f"outputs are {list(outputs)}, expected [{LOGITS!r}]")
-    if sorted(states) != sorted([KEY_CACHE, VALUE_CACHE]):
-        problems.append(f"states are {list(states)}, expected [{KEY_CACHE!r}, {VALUE_CACHE!r}]")
+    # convState is there exactly when the decoder has conv layers; without `expected`, either way.
+    kv_states = [KEY_CACHE, VALUE_CACHE]
+    if expected and "conv_state" in expected:
+        allowed = [kv_states + [CONV_STATE] if expected["conv_state"] else kv_states]
+    else:
+        allowed = [kv_states, kv_states + [CONV_STATE]]
+    if sorted(states) not in [sorted(names) for names in allowed]:
+        problems.append(f"states are {list(states)}, expected {' or '.join(map(str, allowed))}")
 
     found: dict = {"inputs": [], "outputs": [], "states": []}
     state_shapes = []
@@ -216,6 +284,16 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
         want = [expected["layers"], 1, expected["kv_heads"], expected["max_seq_len"], expected["head_dim"]]
         if state_shapes[0] != want:
             problems.append(f"state shape {state_shapes[0]} differs from the decoder's {want}")
+    if CONV_STATE in states:
+        arr = states[CONV_STATE].type.stateType.arrayType
+        shape, dtype = list(arr.shape), _array_dtype(arr)
+        found["states"].append({"name": CONV_STATE, "dtype": dtype, "shape": shape})
+        if dtype != "float16":
+            problems.append(f"state {CONV_STATE} is {dtype}, expected float16")
+        if len(shape) != 4 or shape[1] != 1:
+            problems.append(f"state {CONV_STATE} has shape {shape}, expected [conv layers, 1, hidden, kernel-1]")
+        elif expected and expected.get("conv_state") and shape != expected["conv_state"]:
+            problems.append(f"state {CONV_STATE} shape {shape} differs from the decoder's {expected['conv_state']}")
 
     def check_input(name, dtype_want, want_ranges):
         if name not in inputs:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilekit.errors import ExportError, ValidationFailed
-from mobilekit.formats.coreml import KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER
+from mobilekit.formats.coreml import (CONV_STATE, KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER,
+                                      conv_state_shape, kv_cache_shape, state_rows)
 from mobilekit.modeling import Decoder, rotary_tables
 from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
 
@@ -29,8 +30,10 @@ from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
 
 
 class CoreMLDecoder(nn.Module):
-    """The decoder with its KV cache in two fp16 buffers that coremltools turns into the
-    states keyCache/valueCache [layers, 1, kv_heads, max_seq_len, head_dim].
+    """The decoder with its states in fp16 buffers that coremltools turns into Core ML states
+    (`state_names`): the KV cache keyCache/valueCache [attention layers, 1, kv_heads,
+    max_seq_len, head_dim] and, with conv layers (LFM2), convState [conv layers, 1, hidden,
+    kernel-1]; layer i uses row state_rows(spec)[i] of its kind's state.
 
     Sliding-window layers (Gemma 2/3) keep the same full-length cache: the app passes the
     plain causal mask, and the window (key > query - window) is added in the graph from the
@@ -49,12 +52,24 @@ class CoreMLDecoder(nn.Module):
         # embeddings (GPT-2) gather them and the sliding-window masks compare them.
         self.register_buffer("positions", torch.arange(max_seq_len), persistent=False)
         self.windows = sorted({w for w in map(spec.layer_window, range(spec.num_layers)) if w})
+        if not spec.attention_layers:
+            # swift-transformers takes a model for a stateful one only if it has keyCache and
+            # valueCache, and a Core ML state cannot have a zero-sized axis.
+            raise ExportError("the Core ML target needs at least one attention layer (the keyCache/valueCache "
+                              "states swift-transformers loads); this decoder has none")
+        self.rows = state_rows(spec)
         # Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16). One
-        # state for all layers, as swift-transformers loads it: where layers differ in kv heads
-        # (OpenELM), it is sized for the largest and layer i uses its first layer_kv_heads(i).
-        shape = (spec.num_layers, 1, spec.num_kv_heads, max_seq_len, spec.head_dim)
+        # state for all attention layers, as swift-transformers loads it: where layers differ
+        # in kv heads (OpenELM), it is sized for the largest and layer i uses its first
+        # layer_kv_heads(i). Conv layers get no rows in it.
+        shape = kv_cache_shape(spec, max_seq_len)
         self.register_buffer(KEY_CACHE, torch.zeros(shape, dtype=torch.float16))
         self.register_buffer(VALUE_CACHE, torch.zeros(shape, dtype=torch.float16))
+        self.state_names = (KEY_CACHE, VALUE_CACHE)
+        conv_shape = conv_state_shape(spec)
+        if conv_shape:
+            self.register_buffer(CONV_STATE, torch.zeros(conv_shape, dtype=torch.float16))
+            self.state_names += (CONV_STATE,)
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
         decoder: Decoder = getattr(self, WRAPPED_DECODER)
@@ -81,14 +96,16 @@ class CoreMLDecoder(nn.Module):
         # coremltools decomposes any SDPA that passes one: fold a non-default scale into q.
         q_scale = spec.attention_scale * math.sqrt(spec.head_dim)
         key_cache, value_cache = getattr(self, KEY_CACHE), getattr(self, VALUE_CACHE)
+        rows = self.rows
 
         def attend(i, q, k, v):
             q = q.transpose(1, 2)  # [1, H, T, hd]
             kv, groups = spec.layer_kv_heads(i), spec.layer_heads(i) // spec.layer_kv_heads(i)
-            key_cache[i : i + 1, :, :kv, start:end, :] = k.transpose(1, 2).unsqueeze(0).to(key_cache.dtype)
-            value_cache[i : i + 1, :, :kv, start:end, :] = v.transpose(1, 2).unsqueeze(0).to(value_cache.dtype)
-            keys = repeat_kv(key_cache[i, :, :kv, :end, :].to(q.dtype), groups)
-            values = repeat_kv(value_cache[i, :, :kv, :end, :].to(q.dtype), groups)
+            r = rows[i]
+            key_cache[r : r + 1, :, :kv, start:end, :] = k.transpose(1, 2).unsqueeze(0).to(key_cache.dtype)
+            value_cache[r : r + 1, :, :kv, start:end, :] = v.transpose(1, 2).unsqueeze(0).to(value_cache.dtype)
+            keys = repeat_kv(key_cache[r, :, :kv, :end, :].to(q.dtype), groups)
+            values = repeat_kv(value_cache[r, :, :kv, :end, :].to(q.dtype), groups)
             mask = masks[spec.layer_window(i)].to(q.dtype)
             if softcap is None:
                 if not math.isclose(q_scale, 1.0, rel_tol=1e-9):
@@ -103,7 +120,30 @@ class CoreMLDecoder(nn.Module):
                 out = torch.softmax(scores + mask, dim=-1) @ values
             return out.transpose(1, 2).reshape(1, seq_len, -1)
 
-        return decoder(inputIds, rope, attend, positions=positions)
+        if spec.conv_layers:
+            conv_state = getattr(self, CONV_STATE)
+            # A call that starts at position 0 begins a new sequence. The KV cache needs no
+            # clearing for it (the mask hides rows past `end`), but a conv layer reads its
+            # whole stored state: a reused MLState would feed it the last sequence's inputs.
+            # Apps make a fresh state per conversation (swift-transformers' resetState, the
+            # demo apps, mobilekit's sessions), yet nothing in Core ML enforces that, so the
+            # model reads its past as zeros itself there, from the positions (start comes
+            # from the mask's shape): one select over [1, hidden, kernel-1] per conv layer.
+            # A select rather than a multiply by 0, which would turn a stale inf into NaN;
+            # its zeros become one small const ([1, hidden, kernel-1], shared by the layers).
+            continues = positions[:1] > 0
+
+            def convolve(i, x, conv):
+                r = rows[i]
+                past = torch.where(continues, conv_state[r], torch.zeros_like(conv_state[r]))
+                out, present = conv(x, past)
+                # reshaped to its (static) shape: coremltools sizes the last kernel-1 columns of
+                # the T-long window symbolically, and a state update must match the state's type
+                conv_state[r : r + 1] = present.reshape(conv_state[r : r + 1].shape).to(conv_state.dtype)
+                return out
+        else:
+            convolve = None
+        return decoder(inputIds, rope, attend, positions=positions, convolve=convolve)
 
 
 # --- fp16-safe norms ----------------------------------------------------------------------
@@ -360,6 +400,80 @@ def shared_weights(decoder: Decoder, sources: dict[str, object], missing: list[s
                 found[key] = other
                 break
     return found
+
+
+# aten ops that only pick or rearrange elements. coremltools folds a weight read through a
+# chain of them (CausalConv's taps weight[:, j:j+1], its bias[:, None]) into a const of its
+# own, named after the chain's last torch.export node: the weight itself has no const.
+_ELEMENT_PICKING_OPS = frozenset({
+    "aten.slice.Tensor", "aten.select.int", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
+    "aten.view.default", "aten.reshape.default", "aten.permute.default", "aten.transpose.int", "aten.alias.default",
+})
+
+
+def sliced_weights(exported, program, decoder: Decoder, missing: list[str],
+                   stored_dtype: torch.dtype = torch.float32) -> dict[str, list[dict]]:
+    """For each `missing` key that the traced graph (`exported`, the torch.export program
+    that was converted) reads only through element-picking ops: the consts those reads were
+    folded into. Each chain is replayed on the weight's flat element indices to learn which
+    elements its const holds; a key is returned when each of its consts holds the elements
+    start, start+step, ... of the flattened weight (a slice along one axis), they cover it,
+    and a plain const equals them at the stored precision. key -> [{"const", "start", "step"}]
+    (`assemble_sliced` reads them back)."""
+    from torch import fx
+
+    prefix = WRAPPED_DECODER + "."
+    keys = {name: fqn.removeprefix(prefix) for name, fqn in exported.graph_signature.inputs_to_parameters.items()}
+    wanted = set(missing)
+    picked: dict = {}  # node -> (key, the weight's flat indices that node holds)
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and keys.get(node.name) in wanted:
+            shape = _shape(decoder, keys[node.name])
+            picked[node] = (keys[node.name], torch.arange(math.prod(shape)).reshape(shape))
+        elif (node.op == "call_function" and str(node.target) in _ELEMENT_PICKING_OPS and node.args
+              and node.args[0] in picked and not any(isinstance(a, fx.Node) for a in node.args[1:])):
+            key, indices = picked[node.args[0]]
+            picked[node] = (key, node.target(indices, *node.args[1:], **node.kwargs))
+
+    ops_by_base: dict[str, object] = {}
+    for name, op in weight_ops(program).items():
+        ops_by_base.setdefault(_base_name(name), op)
+    state = decoder.state_dict()
+    parts: dict[str, list[dict]] = {}
+    unreadable: set[str] = set()
+    for node, (key, indices) in picked.items():
+        if all(user in picked for user in node.users):
+            continue  # read further down the chain only
+        flat = indices.flatten()
+        start = int(flat[0])
+        step = int(flat[1] - flat[0]) if flat.numel() > 1 else 1
+        op = ops_by_base.get(node.name)
+        if (node.op == "placeholder" or op is None or step < 1
+                or not torch.equal(flat, start + step * torch.arange(flat.numel()))
+                or math.prod(op.outputs[0].shape) != flat.numel()
+                or (op.op_type == "const" and not torch.equal(
+                    torch.from_numpy(materialize(op).astype(np.float32)).flatten().to(stored_dtype),
+                    state[key].flatten()[flat].to(stored_dtype)))):
+            unreadable.add(key)
+            continue
+        parts.setdefault(key, []).append({"const": op.name, "start": start, "step": step, "_indices": flat})
+    found = {}
+    for key, key_parts in parts.items():
+        covered = torch.zeros(state[key].numel(), dtype=torch.bool)
+        for part in key_parts:
+            covered[part.pop("_indices")] = True
+        if key not in unreadable and bool(covered.all()):
+            found[key] = key_parts
+    return found
+
+
+def assemble_sliced(shape: tuple[int, ...], parts: list[dict], ops: dict) -> np.ndarray:
+    """The weight of `shape` from the consts `sliced_weights` found (`ops`: name -> op)."""
+    flat = np.zeros(math.prod(shape), dtype=np.float32)
+    for part in parts:
+        values = materialize(ops[part["const"]]).astype(np.float32).ravel()
+        flat[part["start"]::part["step"]][: values.size] = values
+    return flat.reshape(shape)
 
 
 def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:

@@ -5,7 +5,8 @@ Contract (names exactly as swift-transformers' `LanguageModel.Keys` spells them)
   inputs   inputIds    int32 [1, T]                 T in 1..max_seq_len (RangeDim)
            causalMask  fp16  [1, 1, T, past+T]      additive: 0 = attend, -65504 = masked
   output   logits      [1, T, vocab]                fp16 (fp32 for the fp32 scheme)
-  states   keyCache, valueCache  fp16 [layers, 1, kv_heads, max_seq_len, head_dim]
+  states   keyCache, valueCache  fp16 [attention layers, 1, kv_heads, max_seq_len, head_dim]
+           convState             fp16 [conv layers, 1, hidden, kernel-1]   (only with conv layers)
 The model reads its positions from the mask's shape (end = causalMask.shape[-1],
 start = end - T) and writes k/v with a slice update `cache[..., start:end, :]`, the form
 coremltools converts into `slice_update` + `coreml_update_state` (`index_copy` does not
@@ -40,11 +41,11 @@ import numpy as np
 
 from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
 from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UNITS, DEPLOYMENT_TARGET,
-                                      INPUT_IDS, INT4_BLOCK_SIZE, KEY_CACHE, LOGITS, METADATA_IDENTITY_WEIGHTS,
+                                      INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
-                                      METADATA_SLIDING_WINDOW, MODEL_FILE, QUANTIZE_WEIGHT_THRESHOLD,
-                                      QUANTIZED_DTYPE, SPEC_VERSION_IOS18, VALUE_CACHE, check_spec, io_contract,
-                                      sliding_window_layout)
+                                      METADATA_SLICED_WEIGHTS, METADATA_SLIDING_WINDOW, MODEL_FILE,
+                                      QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPE, SPEC_VERSION_IOS18, check_spec,
+                                      conv_state_shape, io_contract, sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
 from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
@@ -68,7 +69,10 @@ def quantization_config(scheme: str, program=None):
     int4: linear_symmetric int4 in blocks of 32 along the input axis; embedding tables
     (gather inputs, which with tied embeddings is also the lm head) stay int8 per row, as
     the int4 scheme promises ("embeddings 8-bit"). `program` (the MIL program) is needed
-    to find them."""
+    to find them. A conv layer's taps reach the program as [hidden, 1] columns (and its
+    in-graph reset as one zeros const): at or below the threshold they stay fp16; above it
+    int4 blocks of 32 cannot split an axis of 1, so coremltools skips them with a warning and
+    they stay fp16 too (measured with hidden 2304; a quantized zeros const stays exact)."""
     if scheme not in QUANTIZED_DTYPE:
         return None
     _coremltools()
@@ -144,7 +148,7 @@ class CoreMLTarget(Target):
         from torch.export import Dim
 
         from mobilekit.lowering.coreml import (CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights,
-                                               shared_weights)
+                                               shared_weights, sliced_weights)
 
         self.check_scheme(request.scheme)
         seq = request.max_seq_len
@@ -172,7 +176,11 @@ class CoreMLTarget(Target):
         with stage(timings, "decompose_s", request.progress, "decompositions"):
             program = program.run_decompositions({})
 
-        cache_shape = tuple(getattr(module, KEY_CACHE).shape)
+        # Every state buffer of the module (the KV cache; the conv state with conv layers)
+        # becomes a Core ML state of its shape: coremltools matches them by name.
+        states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(module, name).shape), dtype=np.float16),
+                               name=name)
+                  for name in module.state_names]
         with stage(timings, "convert_s", request.progress,
                    f"coremltools.convert ({COMPUTE_PRECISION[request.scheme]} compute)", failing="coremltools.convert"):
             mlmodel = ct.convert(
@@ -189,10 +197,7 @@ class CoreMLTarget(Target):
                     ),
                 ],
                 outputs=[ct.TensorType(name=LOGITS, dtype=np.float16 if fp16 else np.float32)],
-                states=[
-                    ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape, dtype=np.float16), name=KEY_CACHE),
-                    ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape, dtype=np.float16), name=VALUE_CACHE),
-                ],
+                states=states,
                 # Core ML cannot compile on Linux; on macOS sessions load the saved package.
                 skip_model_load=True,
             )
@@ -203,13 +208,17 @@ class CoreMLTarget(Target):
                    failing=f"coremltools weight quantization ({request.scheme})"):
             mlmodel = quantizer.apply(mlmodel, request.scheme)
 
-        # Weights with no const of their own cannot be read back by name: those the
-        # converter folded away (a norm weight of all ones, a bias of all zeros) and those
-        # its const deduplication merged into an equal tensor's const. Record both, after
-        # checking that that is what they are.
+        # Weights with no const of their own cannot be read back by name: those the graph
+        # reads only in slices (a conv layer's taps), each slice folded into a const of its
+        # own; those the converter folded away (a norm weight of all ones, a bias of all
+        # zeros); and those its const deduplication merged into an equal tensor's const.
+        # Record all three, after checking that that is what they are.
         mil_program = mlmodel._mil_program
+        stored = torch.float16 if fp16 else torch.float32
         sources, missing = map_weights(mil_program, request.decoder)
-        shared = shared_weights(request.decoder, sources, missing, torch.float16 if fp16 else torch.float32)
+        sliced = sliced_weights(program, mil_program, request.decoder, missing, stored)
+        missing = [k for k in missing if k not in sliced]
+        shared = shared_weights(request.decoder, sources, missing, stored)
         identity = identity_weights(request.decoder, [k for k in missing if k not in shared])
 
         with stage(timings, "save_s", request.progress, "saving model.mlpackage"):
@@ -219,14 +228,15 @@ class CoreMLTarget(Target):
             mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
             mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
             mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
+            mlmodel.user_defined_metadata[METADATA_SLICED_WEIGHTS] = json.dumps(sliced)
             path = request.out_dir / MODEL_FILE
             shutil.rmtree(path, ignore_errors=True)
             mlmodel.save(str(path))
 
         with stage(timings, "spec_check_s", request.progress, "checking the saved package"):
-            expected = {"layers": spec.num_layers, "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
+            expected = {"layers": len(spec.attention_layers), "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
                         "max_seq_len": seq, "vocab_size": spec.vocab_size,
-                        "sliding_window": sliding_window_layout(spec)}
+                        "sliding_window": sliding_window_layout(spec), "conv_state": conv_state_shape(spec)}
             try:
                 spec_check = check_spec(request.out_dir, request.scheme, expected)
             except ValidationFailed as e:
@@ -244,6 +254,7 @@ class CoreMLTarget(Target):
                 "mil_op_types": spec_check.pop("mil_op_types"),
                 "identity_weights": identity,
                 "shared_weights": shared,
+                "sliced_weights": sorted(sliced),
                 "fp16_safe_norms": fp16,
                 "size_bytes": _dir_size(path),
                 "spec_check": spec_check,
