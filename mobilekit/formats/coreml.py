@@ -201,9 +201,9 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
         ],
         "outputs": [{"name": LOGITS, "dtype": logits_dtype, "shape": [1, "T", spec.vocab_size]}],
         # The Core ML states the model declares (MLModel.makeState() makes them all) ...
-        "state_tensors": state_tensors,
+        "states": state_tensors,
         # ... and, per layer, the state it carries and where in those it lives.
-        "states": located_layer_states(spec),
+        "layer_states": located_layer_states(spec),
         "dims": {"T": {"min": 1, "max": max_seq_len}, "past+T": {"min": 1, "max": max_seq_len}},
         "kv_cache": kv_cache,
         "loader": "swift-transformers LanguageModelWithStatefulKVCache",

@@ -180,7 +180,7 @@ def per_layer_kv_note(spec) -> dict:
 
 def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
     """The manifest's io section: graph inputs and outputs with their shapes (symbolic dims by
-    name), the KV cache of the attention layers, and io["states"]: per layer its state
+    name), the KV cache of the attention layers, and io["layer_states"]: per layer its state
     (formats.layer_states) and the past inputs / present outputs that carry it."""
     kv, hd = spec.num_kv_heads, spec.head_dim
     past, present = [], []
@@ -205,7 +205,7 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
             *past,
         ],
         "outputs": [{"name": LOGITS, "dtype": "float32", "shape": [1, SEQ, spec.vocab_size]}, *present],
-        "states": states,
+        "layer_states": states,
         "kv_cache": {
             "kind": "past/present tensors: feed present.{i}.* back as past_key_values.{i}.*; "
             "present = concat(past, new) along the sequence axis",

@@ -43,5 +43,5 @@ def test_coreml_int4_passes_spec_and_round_trip(smollm2_bundle):
     stage2 = result.manifest["validation"]["stage2"]
     assert all(miss.startswith("degenerate_continuations") for miss in stage2["misses"]), stage2["misses"]
     assert stage2["metrics"]["garbled_continuations"] == 0
-    assert result.manifest["io"]["state_tensors"][0]["name"] == "keyCache"
+    assert result.manifest["io"]["states"][0]["name"] == "keyCache"
     assert result.manifest["export"]["size_bytes"] < 100e6

@@ -64,22 +64,23 @@ def test_check_spec_holds_the_conv_state_to_the_decoder(packages):
     expected = {"layers": 1, "kv_heads": SPEC.num_kv_heads, "head_dim": SPEC.head_dim, "max_seq_len": SEQ,
                 "vocab_size": SPEC.vocab_size}
     coreml_format.check_spec(out, "fp32", {**expected, "conv_state": CONV_SHAPE})
-    with pytest.raises(ValidationFailed, match=r"state convState shape \[1, 1, 32, 2\] differs"):
-        coreml_format.check_spec(out, "fp32", {**expected, "conv_state": [1, 1, 32, 3]})
+    wrong = [1, 1, SPEC.hidden_size, SPEC.conv_kernel]
+    with pytest.raises(ValidationFailed, match=rf"state convState shape \[1, 1, {SPEC.hidden_size}, 2\] differs"):
+        coreml_format.check_spec(out, "fp32", {**expected, "conv_state": wrong})
     with pytest.raises(ValidationFailed, match="states are"):
         coreml_format.check_spec(out, "fp32", {**expected, "conv_state": None})
 
 
 def test_the_manifest_says_where_each_layers_state_lives(packages):
     io = packages["fp32"][1].io
-    conv, kv = io["states"]
+    conv, kv = io["layer_states"]
     assert (conv["layer"], conv["kind"], conv["state"], conv["index"]) == (0, "conv", CONV_STATE, 0)
     assert conv["shape"] == CONV_SHAPE[1:]  # one row of convState
     assert (kv["layer"], kv["kind"], kv["state"], kv["index"]) == (1, "kv", {"key": KEY_CACHE, "value": VALUE_CACHE}, 0)
-    assert io["state_tensors"] == [
+    assert io["states"] == [
         {"name": KEY_CACHE, "dtype": "float16", "shape": KV_SHAPE},
         {"name": VALUE_CACHE, "dtype": "float16", "shape": KV_SHAPE},
-        {"name": CONV_STATE, "dtype": "float16", "shape": CONV_SHAPE, "reset": io["state_tensors"][2]["reset"]},
+        {"name": CONV_STATE, "dtype": "float16", "shape": CONV_SHAPE, "reset": io["states"][2]["reset"]},
     ]
     assert io["kv_cache"]["layers"] == 1 and io["kv_cache"]["attention_layers"] == [1]
 
@@ -127,15 +128,20 @@ def test_the_taps_read_in_slices_are_recorded_and_read_back(packages):
         torch.testing.assert_close(value, original[key], atol=0, rtol=0, msg=key)
 
 
-def test_int4_conv_model_runs_and_mostly_agrees_with_eager(packages, expected):
+def test_int4_conv_model_runs_like_its_dequantized_weights_eagerly(packages):
+    """int4 on a conv model: the evaluator matches the decoder holding the package's own
+    (dequantized int4) weights, run eagerly, so the conv state is carried right under
+    quantization too (against the float decoder, random tiny weights at int4 flip too many
+    near-tied argmaxes to test anything)."""
     out, artefact = packages["int4"]
     weights = artefact.extra["spec_check"]["weights"]
     assert weights["quantized"].get("int4", 0) > 0 and weights["int4_block_sizes"] == [32]
+    dequantized, _ = helpers.roundtrip_decoder(out / coreml_format.MODEL_FILE, SPEC)
     session = get("coreml").open_session(out, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "int4"})
     got = np.concatenate([stepped_logits(session, FIRST, 5), stepped_logits(session, SECOND, 3)])
-    want = np.concatenate([expected[0][4:], expected[1][2:]])
-    assert np.isfinite(got).all()
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.75
+    want = np.concatenate([eager_logits(dequantized, FIRST)[4:], eager_logits(dequantized, SECOND)[2:]])
+    np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
 def test_interleaved_layers_use_their_own_rows_in_fp16(tmp_path):
@@ -149,8 +155,8 @@ def test_interleaved_layers_use_their_own_rows_in_fp16(tmp_path):
     exporter = get("coreml")
     artefact = exporter.export(ExportRequest(decoder=decoder, scheme="fp16", max_seq_len=SEQ, bos_id=None,
                                              eos_ids=[2], out_dir=tmp_path))
-    assert [(s["layer"], s["index"]) for s in artefact.io["states"]] == [(0, 0), (1, 0), (2, 1), (3, 1)]
-    assert [t["shape"][0] for t in artefact.io["state_tensors"]] == [2, 2, 2]
+    assert [(s["layer"], s["index"]) for s in artefact.io["layer_states"]] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    assert [t["shape"][0] for t in artefact.io["states"]] == [2, 2, 2]
     session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp16"})
     for tokens, prefill in ((FIRST, 5), (SECOND, 3)):
         got, want = stepped_logits(session, tokens, prefill), eager_logits(decoder, tokens)[prefill - 1:]

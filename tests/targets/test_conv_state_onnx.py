@@ -85,7 +85,7 @@ def test_graph_and_genai_config_name_the_conv_state_as_genai_reads_it(fp32):
     assert decoder["inputs"]["past_key_names"] % 1 in inputs and decoder["outputs"]["present_value_names"] % 1 in outputs
 
     # the manifest names each layer's past inputs and present outputs, and they are the graph's
-    states = artefact.io["states"]
+    states = artefact.io["layer_states"]
     assert [{k: s[k] for k in described} for s, described in zip(states, layer_states(SPEC))] == layer_states(SPEC)
     assert [s["inputs"] for s in states] == [["past_key_values.0.conv_state"],
                                              ["past_key_values.1.key", "past_key_values.1.value"]]

@@ -63,12 +63,12 @@ def test_io_is_what_swift_transformers_loads(bundles, context):
     assert io["inputs"][1]["dtype"] == "float16" and io["inputs"][1]["shape"] == [1, 1, "T", "past+T"]
     assert io["outputs"] == [{"name": "logits", "dtype": "float16", "shape": [1, "T", spec.vocab_size]}]
     cache = [spec.num_layers, 1, spec.num_kv_heads, MAX_SEQ_LEN, spec.head_dim]
-    assert io["state_tensors"] == [
+    assert io["states"] == [
         {"name": "keyCache", "dtype": "float16", "shape": cache},
         {"name": "valueCache", "dtype": "float16", "shape": cache},
     ]
     # every layer attention: layer i in row i of both
-    assert [(s["layer"], s["kind"], s["state"], s["index"]) for s in io["states"]] == [
+    assert [(s["layer"], s["kind"], s["state"], s["index"]) for s in io["layer_states"]] == [
         (i, "kv", {"key": "keyCache", "value": "valueCache"}, i) for i in range(spec.num_layers)]
     assert io["dims"]["T"] == {"min": 1, "max": MAX_SEQ_LEN}
     checked = manifest["export"]["spec_check"]
@@ -93,7 +93,7 @@ def test_export_facts(bundles):
 def test_fp32_states_are_still_fp16(bundles):
     """Core ML states are fp16 only; the fp32 scheme computes in fp32 around fp16 caches."""
     io = bundles["fp32"].manifest["io"]
-    assert {s["dtype"] for s in io["state_tensors"]} == {"float16"}
+    assert {s["dtype"] for s in io["states"]} == {"float16"}
     assert io["outputs"][0]["dtype"] == "float32"
     assert bundles["fp32"].manifest["export"]["compute_precision"] == "float32"
 
@@ -460,7 +460,7 @@ def test_sliding_window_is_recorded(family_packages):
     window = artefact.io["kv_cache"]["sliding_window"]
     assert (window["window"], window["layers"]) == (16, [0, 2])
     assert "not smaller" in window["cache"] and "plain causal mask" in window["mask"]
-    assert artefact.io["state_tensors"][0]["shape"][3] == MAX_SEQ_LEN  # full-length cache all the same
+    assert artefact.io["states"][0]["shape"][3] == MAX_SEQ_LEN  # full-length cache all the same
     assert artefact.extra["spec_check"]["sliding_window"] == {"window": 16, "layers": [0, 2]}
     assert "sliding_window" not in family_packages["gpt2"][2].io["kv_cache"]
     assert family_packages["gpt2"][2].extra["spec_check"]["sliding_window"] is None

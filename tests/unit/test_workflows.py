@@ -33,12 +33,20 @@ def test_nightly_runs_the_readme_commands():
 
 def test_nightly_shape():
     jobs = _workflow("nightly.yml")["jobs"]
-    assert list(jobs) == ["cells", "shard", "merge"]
+    assert list(jobs) == ["sweeps", "cells", "shard", "merge"]
+    assert any(step.get("run") == "make test-nightly" for step in jobs["sweeps"]["steps"])
     assert jobs["shard"]["strategy"]["fail-fast"] is False
     assert "needs.cells.outputs.shards" in jobs["shard"]["strategy"]["matrix"]["shard"]
     assert jobs["merge"]["needs"] == "shard" and jobs["merge"]["if"] == "always()"
     uploads = [s for s in jobs["merge"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
     assert uploads and uploads[0]["with"]["name"] == "matrix-report"
+
+
+def test_make_test_leaves_the_nightly_sweeps_to_make_test_nightly():
+    makefile = (ROOT / "Makefile").read_text()
+    test = makefile[makefile.index("\ntest:"):makefile.index("\ntest-nightly:")]
+    assert '-m "not nightly"' in test
+    assert "-m nightly" in makefile[makefile.index("\ntest-nightly:"):]
 
 
 def test_ci_runs_the_ci_entry_point():
