@@ -7,22 +7,19 @@ import org.json.JSONObject
 /** A bundle that the app cannot use; the message says what is wrong and how to fix it. */
 class ManifestException(message: String) : Exception(message)
 
-/** The ONNX bundle's past/present KV-cache contract (manifest `io.kv_cache`). */
+/**
+ * One state tensor an ONNX bundle carries between steps (a KV cache's keys or values, a conv
+ * layer's state): fed as input [past], returned as output [present] and fed back next step,
+ * and at the first step a zero tensor of [initialShape] (its declared shape, 0 on the
+ * growing sequence axis).
+ */
+data class OnnxState(val past: String, val present: String, val initialShape: LongArray)
+
+/** The ONNX bundle's state contract: every layer's states (manifest `io.layer_states`), any mix of kinds. */
 data class OnnxCache(
-    val layers: Int,
-    val kvHeads: Int,
-    val headDim: Int,
-    val pastKeyNames: String,
-    val pastValueNames: String,
-    val presentKeyNames: String,
-    val presentValueNames: String,
+    val states: List<OnnxState>,
     val inputNames: List<String>,
-) {
-    fun pastKey(layer: Int) = pastKeyNames.replace("%d", layer.toString())
-    fun pastValue(layer: Int) = pastValueNames.replace("%d", layer.toString())
-    fun presentKey(layer: Int) = presentKeyNames.replace("%d", layer.toString())
-    fun presentValue(layer: Int) = presentValueNames.replace("%d", layer.toString())
-}
+)
 
 /**
  * What an app needs from a bundle's mobilekit.json, checked when parsed: everything per model
@@ -115,18 +112,27 @@ data class Manifest(
 
         private fun onnxCache(json: JSONObject): OnnxCache {
             val io = json.getJSONObject("io")
-            val cache = io.getJSONObject("kv_cache")
             val inputs = io.getJSONArray("inputs")
-            return OnnxCache(
-                layers = cache.getInt("layers"),
-                kvHeads = cache.getInt("kv_heads"),
-                headDim = cache.getInt("head_dim"),
-                pastKeyNames = cache.getString("past_key_names"),
-                pastValueNames = cache.getString("past_value_names"),
-                presentKeyNames = cache.getString("present_key_names"),
-                presentValueNames = cache.getString("present_value_names"),
-                inputNames = (0 until inputs.length()).map { inputs.getJSONObject(it).getString("name") },
-            )
+            val shapes = (0 until inputs.length()).associate {
+                val input = inputs.getJSONObject(it)
+                input.getString("name") to input.getJSONArray("shape")
+            }
+            val layers = io.optJSONArray("layer_states")
+                ?: throw ManifestException("$FILE_NAME has no io.layer_states; re-export the bundle with a current mobilekit")
+            val states = ArrayList<OnnxState>()
+            for (i in 0 until layers.length()) {
+                val layer = layers.getJSONObject(i)
+                val pasts = layer.getJSONArray("inputs")
+                val presents = layer.getJSONArray("outputs")
+                for (j in 0 until pasts.length()) {
+                    val name = pasts.getString(j)
+                    val shape = shapes[name]
+                        ?: throw ManifestException("$FILE_NAME: io.layer_states names $name, which io.inputs lacks; re-export the bundle")
+                    // a named (symbolic) dim is the past's sequence axis: empty before the first token
+                    states += OnnxState(name, presents.getString(j), LongArray(shape.length()) { (shape.get(it) as? Int)?.toLong() ?: 0L })
+                }
+            }
+            return OnnxCache(states = states, inputNames = shapes.keys.toList())
         }
 
         private fun requireString(json: JSONObject, key: String): String {

@@ -42,8 +42,10 @@ class GoldenManifestTest(@Suppress("unused") private val name: String, private v
         assertEquals(jsonToKotlin(expected.get("validation_passed")), manifest.validationPassed)
         if (manifest.target == "onnx") {
             val cache = manifest.onnxCache!!
-            assertTrue(cache.layers > 0 && cache.kvHeads > 0 && cache.headDim > 0)
-            assertTrue(cache.pastKey(0) in cache.inputNames && cache.pastValue(cache.layers - 1) in cache.inputNames)
+            assertTrue(cache.states.isNotEmpty() && cache.states.all { it.past in cache.inputNames })
+            // before the first token: KV pasts empty along their sequence axis (0), any other state zeros of its shape
+            assertTrue(cache.states.all { state -> state.initialShape.all { it >= 0L } })
+            assertTrue(cache.states.any { state -> state.initialShape.any { it == 0L } })
         }
         // the prompt format comes from this manifest and renders
         PromptFormatter(manifest).format(listOf(ChatMessage("user", "Hi")))

@@ -14,7 +14,8 @@ import java.nio.FloatBuffer
 import java.nio.LongBuffer
 
 /**
- * Plain ONNX Runtime with the past/present loop the manifest describes (io.kv_cache): ONNX
+ * Plain ONNX Runtime with the past/present loop the manifest describes (io.layer_states: KV
+ * caches and conv states alike, each state fed back by name): ONNX
  * Runtime GenAI has no Android package on Maven Central, so this drives model.onnx directly,
  * tokenizes with tokenizer.json through DJL's Hugging Face tokenizers, and samples with
  * dev.mobilekit.core.Sampler (greedy, temperature, top-p, seeded).
@@ -23,7 +24,7 @@ class OnnxEngine(private val bundle: File, private val manifest: Manifest) : Cha
     override val runtimeName = "ONNX Runtime"
     override val usesCoreSampler = true
 
-    private val cache: OnnxCache = manifest.onnxCache ?: error("an ONNX manifest without io.kv_cache")
+    private val cache: OnnxCache = manifest.onnxCache ?: error("an ONNX manifest without io.layer_states")
     private val env = OrtEnvironment.getEnvironment()
     private val session: OrtSession = OrtSession.SessionOptions().use { options ->
         options.setIntraOpNumThreads(4)
@@ -86,14 +87,12 @@ class OnnxEngine(private val bundle: File, private val manifest: Manifest) : Cha
         inputs["input_ids"] = longs(ids)
         inputs["attention_mask"] = longs(LongArray(total) { 1L })
         if (hasPositionIds) inputs["position_ids"] = longs(LongArray(ids.size) { (pastLength + it).toLong() })
-        for (layer in 0 until cache.layers) {
-            if (past == null) {
-                val empty = longArrayOf(1, cache.kvHeads.toLong(), 0, cache.headDim.toLong())
-                inputs[cache.pastKey(layer)] = OnnxTensor.createTensor(env, FloatBuffer.allocate(0), empty).also { created += it }
-                inputs[cache.pastValue(layer)] = OnnxTensor.createTensor(env, FloatBuffer.allocate(0), empty).also { created += it }
+        for (state in cache.states) {
+            inputs[state.past] = if (past == null) {
+                val size = state.initialShape.fold(1L) { product, dim -> product * dim }.toInt()
+                OnnxTensor.createTensor(env, FloatBuffer.allocate(size), state.initialShape).also { created += it }
             } else {
-                inputs[cache.pastKey(layer)] = past.get(cache.presentKey(layer)).get() as OnnxTensor
-                inputs[cache.pastValue(layer)] = past.get(cache.presentValue(layer)).get() as OnnxTensor
+                past.get(state.present).get() as OnnxTensor
             }
         }
         try {
