@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from mobilekit import quantize
-from mobilekit.errors import BundleError, UnknownNameError
+from mobilekit.errors import BundleError, TargetUnavailable, UnknownNameError
 from mobilekit.runtime import GenerationResult
 
 if TYPE_CHECKING:  # the registry stays importable without torch (`mobilekit list`, `--help`)
@@ -65,8 +65,20 @@ class Target:
     # layer as the weights load (layer_quantizer).
     export_memory_factor: float = 3.0
 
-    def check_available(self) -> None:
-        """Raise TargetUnavailable if the converter or runtime is missing."""
+    # What the converter and runtime need, imported by check_available (importing some
+    # registers ops: ExecuTorch's custom ops and quantized kernels), and how to install them.
+    required_modules: tuple[str, ...] = ()
+    install: str = "pip install 'mobilekit'"
+
+    def check_available(self, modules: tuple[str, ...] | None = None) -> None:
+        """Import `modules` (default: all of required_modules); TargetUnavailable naming the
+        one missing and the install command otherwise. The one availability check of every
+        target: each step (export, a session, generation) asks for the modules it needs."""
+        for name in self.required_modules if modules is None else modules:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise TargetUnavailable(f"the {self.name} target needs {name} ({e}): {self.install}") from e
 
     # Schemes are the (target, scheme) quantizers the target's module registered
     # (quantize.quantizer): asking for any other is SchemeNotSupported, never a fall-through.

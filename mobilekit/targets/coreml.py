@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from mobilekit.errors import BundleError, ExportError, TargetUnavailable, ValidationFailed
+from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UNITS, DEPLOYMENT_TARGET,
                                       INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
@@ -49,14 +49,6 @@ from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UN
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
 from mobilekit.quantize import no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
-
-
-def _coremltools():
-    try:
-        import coremltools
-    except ImportError as e:
-        raise TargetUnavailable(f"coremltools is not installed ({e}): pip install 'mobilekit[coreml]'") from e
-    return coremltools
 
 
 # --- quantization -----------------------------------------------------------------------
@@ -75,8 +67,7 @@ def quantization_config(scheme: str, program=None):
     they stay fp16 too (measured with hidden 2304; a quantized zeros const stays exact)."""
     if scheme not in QUANTIZED_DTYPE:
         return None
-    _coremltools()
-    import coremltools.optimize.coreml as cto
+    import coremltools.optimize.coreml as cto  # the target checked it is installed
 
     int8 = cto.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_WEIGHT_THRESHOLD
@@ -128,6 +119,8 @@ class CoreMLTarget(Target):
     default_scheme = "fp16"
     runtime = "Core ML (swift-transformers LanguageModelWithStatefulKVCache)"
     packages = ("coremltools", "torch")
+    required_modules = ("coremltools",)
+    install = "pip install 'mobilekit[coreml]'"
     # Core ML states are fp16 only, so the fp32 artefact caches keys and values in fp16 and its
     # logits are not fp32-exact: through the evaluator, SmolLM2-135M fp32 is off by max |Δ|
     # 0.016 (cos >= 0.999999, top-1 and greedy 100%), and by 5.7e-5 with the states widened
@@ -139,11 +132,9 @@ class CoreMLTarget(Target):
     # Measured: int4 conversion of a 1.1B model (4.4 GB fp32) peaked at 11.65 GB RSS.
     export_memory_factor = 2.65
 
-    def check_available(self) -> None:
-        _coremltools()
-
     def export(self, request: ExportRequest) -> Artefact:
-        ct = _coremltools()
+        self.check_available()
+        import coremltools as ct
         import torch
         from torch.export import Dim
 
@@ -266,7 +257,7 @@ class CoreMLTarget(Target):
         mobilekit's evaluator (an EvaluatorSession); Core ML itself cannot run there."""
         from mobilekit.runtime import coreml as rt
 
-        _coremltools()
+        self.check_available()
         path = _model_path(bundle_dir)
         if sys.platform == "darwin":
             return rt.CoreMLSession(path, int(manifest["max_seq_len"]), rt.compute_units_from_manifest(manifest))
@@ -278,7 +269,7 @@ class CoreMLTarget(Target):
         program, which the result's runtime names (it is not Core ML)."""
         from mobilekit.runtime import coreml as rt
 
-        _coremltools()
+        self.check_available()
         path = _model_path(bundle_dir)
         session = None if sys.platform == "darwin" else rt.EvaluatorSession(path, int(manifest["max_seq_len"]))
         return rt.coreml_generate(Path(bundle_dir), manifest, prompt, max_new_tokens, on_text, session)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from mobilekit.errors import TargetUnavailable
 from mobilekit.formats import layer_states
 from mobilekit.formats.executorch import (FORWARD_METHOD, INPUT_POS, LOGITS, MODEL_FILE, TOKENIZER_FILE, TOKENS,
                                           constant_methods as runner_constant_methods, conv_state_buffer,
@@ -28,16 +27,6 @@ from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 if TYPE_CHECKING:
     from mobilekit.modeling import DecoderSpec
-
-
-def _load_custom_ops() -> None:
-    try:
-        # Registers torch.ops.llama.update_cache / custom_sdpa (eager + export) and the
-        # quantized kernels the runtime needs for 8-bit embeddings.
-        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
-        import executorch.kernels.quantized  # noqa: F401
-    except ImportError as e:
-        raise TargetUnavailable(f"ExecuTorch is not installed ({e}): pip install 'mobilekit'") from e
 
 
 def constant_methods(request: ExportRequest) -> dict:
@@ -224,11 +213,11 @@ class ExecuTorchTarget(Target):
     default_scheme = "int4"
     runtime = "ExecuTorch TextLLMRunner"
     packages = ("executorch", "torch", "torchao")
+    # importing them registers torch.ops.llama.update_cache / custom_sdpa (eager and export)
+    # and the quantized kernels the runtime needs for 8-bit embeddings
+    required_modules = ("executorch.extension.llm.custom_ops.custom_ops", "executorch.kernels.quantized")
     # fp32 only (int8/int4 quantize layer by layer as the weights load). Not measured: the
     # base class's conservative 3x (lowering copies the weights into the delegate blob).
-
-    def check_available(self) -> None:
-        _load_custom_ops()
 
     def export(self, request: ExportRequest) -> Artefact:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -241,7 +230,7 @@ class ExecuTorchTarget(Target):
         from mobilekit.lowering.executorch import (ExecuTorchDecoder, lean_xnnpack_passes, partitions_share_weights,
                                                    xnnpack_friendly)
 
-        _load_custom_ops()
+        self.check_available()
         self.check_scheme(request.scheme)
         spec = request.decoder.spec
         module = ExecuTorchDecoder(request.decoder, request.max_seq_len).eval()
@@ -312,14 +301,14 @@ class ExecuTorchTarget(Target):
     def open_session(self, bundle_dir: Path, manifest: dict):
         from mobilekit.runtime.executorch import ExecuTorchSession
 
-        _load_custom_ops()
+        self.check_available()
         return ExecuTorchSession(bundle_dir / MODEL_FILE, manifest["max_seq_len"])
 
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:
         from mobilekit.runtime.executorch import runner_generate
 
-        _load_custom_ops()
+        self.check_available()
         return runner_generate(bundle_dir / MODEL_FILE, bundle_dir / TOKENIZER_FILE, prompt, max_new_tokens, on_text,
                                add_bos=manifest.get("add_bos", False))
 

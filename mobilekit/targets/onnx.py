@@ -39,7 +39,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from mobilekit.errors import ExportError, TargetUnavailable
+from mobilekit.errors import ExportError
 from mobilekit.formats.onnx import DATA_FILE, GENAI_CONFIG, MODEL_FILE, genai_config, io_contract
 from mobilekit.lowering import stage
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
@@ -51,17 +51,8 @@ if TYPE_CHECKING:
 
 INT4_BLOCK_SIZE = 32
 OPSET = 23  # Attention (GQA, past/present), RotaryEmbedding, RMSNormalization
-_INSTALL = "pip install 'mobilekit[onnx]'"
-
-
-def require_onnx(genai: bool = False) -> None:
-    """Raise TargetUnavailable unless the converter (and, if asked, GenAI) is importable."""
-    modules = ["onnx", "onnxscript", "onnxruntime"] + (["onnxruntime_genai"] if genai else [])
-    for name in modules:
-        try:
-            __import__(name)
-        except ImportError as e:
-            raise TargetUnavailable(f"the ONNX target needs {name} ({e}): {_INSTALL}") from e
+# the converter and plain ONNX Runtime (export, validation); GenAI (apps' runtime) on top
+CONVERTER_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
 def _light_optimize(model) -> None:
@@ -400,13 +391,12 @@ class OnnxTarget(Target):
     packages = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "torch")
     # Measured: int4 export of a 1.1B model (4.4 GB fp32) peaked at 10.1 GB RSS.
     export_memory_factor = 2.3
-
-    def check_available(self) -> None:
-        require_onnx(genai=True)
+    required_modules = (*CONVERTER_MODULES, "onnxruntime_genai")
+    install = "pip install 'mobilekit[onnx]'"
 
     def export(self, request: ExportRequest) -> Artefact:
         self.check_scheme(request.scheme)
-        require_onnx()
+        self.check_available(CONVERTER_MODULES)
         spec = request.decoder.spec
         path = Path(request.out_dir) / MODEL_FILE
         timings, quantization = export_onnx(request.decoder, request.max_seq_len, path, request.scheme, request.progress,
@@ -428,16 +418,16 @@ class OnnxTarget(Target):
         return onnx_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
-        require_onnx()
+        self.check_available(CONVERTER_MODULES)
         return OnnxSession(Path(bundle_dir) / MODEL_FILE, manifest["max_seq_len"])
 
     def app_runtime_greedy(self, bundle_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        require_onnx(genai=True)
+        self.check_available()
         return genai_greedy(bundle_dir, prompt_ids, max_new_tokens)
 
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:
-        require_onnx(genai=True)
+        self.check_available()
         return genai_generate(Path(bundle_dir), prompt, max_new_tokens, on_text)
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from mobilekit import families, quantize, recipes, targets
@@ -52,3 +54,18 @@ def test_budgets_are_ordered_by_scheme_strictness():
     fp32, int8, int4 = (quantize.get(s).budget for s in ("fp32", "int8", "int4"))
     assert fp32.min_top1_agreement >= int8.min_top1_agreement >= int4.min_top1_agreement
     assert fp32.max_ppl_increase_pct <= int8.max_ppl_increase_pct <= int4.max_ppl_increase_pct
+
+
+@pytest.mark.parametrize("name", targets.names())
+def test_a_missing_module_names_itself_and_the_install_command(name, monkeypatch):
+    """One availability check for every target (Target.check_available over its
+    required_modules): a module that cannot be imported is named, with the pip command."""
+    import sys
+
+    from mobilekit.errors import TargetUnavailable
+
+    target = targets.get(name)
+    missing = target.required_modules[-1]
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(TargetUnavailable, match=rf"{missing} .*{re.escape(target.install)}"):
+        target.check_available()
