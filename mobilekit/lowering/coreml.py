@@ -13,13 +13,13 @@ import copy
 import numpy as np
 import math
 from contextlib import contextmanager
-from types import MethodType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mobilekit.errors import ExportError, ValidationFailed
+from mobilekit.lowering import Swap, replace_modules, restore_modules
 from mobilekit.formats.coreml import (CONV_STATE, KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER,
                                       conv_state_shape, kv_cache_shape, state_rows)
 from mobilekit.modeling import Decoder, rotary_tables
@@ -201,28 +201,48 @@ def _check_fp16_safe_form(norm: nn.Module, safe) -> None:
         )
 
 
-def apply_fp16_safe_norms(decoder: Decoder) -> list[nn.Module]:
-    """Swap the decoder's RMSNorms and LayerNorms (q/k norms over head_dim included) for
-    their fp16-safe forms, in place; returns those swapped."""
-    norms = [m for m in decoder.modules() if type(m) in FP16_SAFE_NORMS]
+class FP16SafeNorm(nn.Module):
+    """A norm in its fp16-safe form (FP16_SAFE_NORMS), holding the norm's own parameters
+    under the same attribute names, so the decoder's state_dict keys, and with them the
+    converted program's weight names, stay as they were."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.safe_form = FP16_SAFE_NORMS[type(norm)]
+        self.eps, self.weight = norm.eps, norm.weight
+        if isinstance(norm, LayerNorm):
+            self.bias = norm.bias  # None for open_lm's gain-only norms
+
+    def forward(self, x):
+        return self.safe_form(self, x)
+
+
+def _fp16_safe_form(module: nn.Module) -> nn.Module | None:
+    return FP16SafeNorm(module) if type(module) in FP16_SAFE_NORMS else None
+
+
+def _check_fp16_safe_forms(decoder: Decoder) -> None:
     for kind, safe in FP16_SAFE_NORMS.items():
-        first = next((m for m in norms if type(m) is kind), None)
+        first = next((m for m in decoder.modules() if type(m) is kind), None)
         if first is not None:
             _check_fp16_safe_form(first, safe)
-    for m in norms:
-        m.forward = MethodType(FP16_SAFE_NORMS[type(m)], m)
-    return norms
+
+
+def apply_fp16_safe_norms(decoder: Decoder) -> list[Swap]:
+    """Swap the decoder's RMSNorms and LayerNorms (q/k norms over head_dim included) for
+    their fp16-safe forms, in place (lowering.replace_modules); returns the swaps."""
+    _check_fp16_safe_forms(decoder)
+    return replace_modules(decoder, _fp16_safe_form)
 
 
 @contextmanager
 def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
     """The fp16-safe norms while the decoder is traced; the originals again on exit."""
-    norms = apply_fp16_safe_norms(decoder) if enabled else []
+    swapped = apply_fp16_safe_norms(decoder) if enabled else []
     try:
         yield
     finally:
-        for m in norms:
-            del m.forward
+        restore_modules(swapped)
 
 
 # --- weight names in the converted program --------------------------------------------------
