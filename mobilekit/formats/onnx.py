@@ -209,7 +209,7 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
         "kv_cache": {
             "kind": "past/present tensors: feed present.{i}.* back as past_key_values.{i}.*; "
             "present = concat(past, new) along the sequence axis",
-            # the attention layers: all of them, unless some carry another state (which ones: io states)
+            # the attention layers: all of them, unless some carry another state (which ones: io.layer_states)
             "layers": len(spec.attention_layers),
             "kv_heads": kv,
             "head_dim": hd,
