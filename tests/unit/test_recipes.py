@@ -121,6 +121,15 @@ EXPECTED_PARAMETERS = {
     "minicpm-2b": 2.725e9,
     "dclm-1b": 1.440e9,
     "dclm-7b": 6.890e9,
+    # issue 16, not in ARCHITECTURES.md: the model cards' counts (Qwen2.5 0.49B/1.54B/3.09B, Llama 3.2
+    # 1.23B/3.21B) and SmolLM2's published 361,821,120 / 1,711,376,384 parameters
+    "qwen2.5-0.5b-instruct": 494.0e6,
+    "qwen2.5-1.5b-instruct": 1.544e9,
+    "qwen2.5-3b-instruct": 3.086e9,
+    "llama-3.2-1b-instruct": 1.236e9,
+    "llama-3.2-3b-instruct": 3.213e9,
+    "smollm2-360m-instruct": 361.8e6,
+    "smollm2-1.7b-instruct": 1.711e9,
 }
 
 
@@ -229,11 +238,20 @@ def test_fox_stop_ids_come_from_the_tokenizer_only():
     assert validate.stop_ids(tokenizer, config) == {1, 2}  # without the recipe: config + tokenizer
 
 
-def test_llama31_stops_on_all_three_eos_ids():
-    recipe = recipes.get("llama-3.1-8b-instruct")
+@pytest.mark.parametrize("recipe_id", ["llama-3.1-8b-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct"])
+def test_llama3_stops_on_all_three_eos_ids(recipe_id):
+    recipe = recipes.get(recipe_id)
     tokenizer = _tokenizer(128009, {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001,
                                     "<|eom_id|>": 128008, "<|eot_id|>": 128009})
     assert validate.stop_ids(tokenizer, dict(recipe.config), recipe) == {128001, 128008, 128009}
+
+
+def test_llama32_recipes_scale_rope_by_32_and_tie_the_head():
+    for recipe_id in ("llama-3.2-1b-instruct", "llama-3.2-3b-instruct"):
+        spec = recipes.get(recipe_id).spec()
+        assert spec.tie_word_embeddings
+        assert (spec.rope_scaling.factor, spec.rope_scaling.low_freq_factor, spec.rope_scaling.high_freq_factor,
+                spec.rope_scaling.original_max_position_embeddings) == (32.0, 1.0, 4.0, 8192)
 
 
 def test_single_token_stop_strings_become_stop_ids():
