@@ -11,10 +11,8 @@ import numpy as np
 import torch
 
 from mobilekit.errors import BundleError, CheckpointError, ValidationFailed
-from mobilekit.formats.coreml import (causal_mask, load_program, read_identity_metadata, read_shared_metadata,
-                                      read_sliced_metadata)
-from mobilekit.lowering.coreml import (CoreMLDecoder, apply_fp16_safe_norms, assemble_sliced, identity_value,
-                                       map_weights, materialize, weight_ops)
+from mobilekit.formats.coreml import causal_mask, load_program, read_identity_metadata, read_shared_metadata
+from mobilekit.lowering.coreml import CoreMLDecoder, apply_fp16_safe_norms, identity_value, map_weights, materialize
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.runtime import Session
 
@@ -39,19 +37,15 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
     """A fresh Decoder holding the weights stored in the package at `path`.
 
     Raises ValidationFailed if any decoder weight has no counterpart in the package other
-    than those the export recorded: weights read only in slices, each slice a const of its
-    own (a conv layer's taps); weights at their identity value (ones, or zeros for a bias)
-    folded away by the converter; and weights sharing another's deduplicated const."""
+    than those the export recorded: weights at their identity value (ones, or zeros for a
+    bias) folded away by the converter, and weights sharing another's deduplicated const."""
     program, spec_pb = load_program(path)
     with torch.device("meta"):
         decoder = Decoder(spec)
     sources, missing = map_weights(program, decoder)
     identity = set(read_identity_metadata(spec_pb))
     shared = {k: v for k, v in read_shared_metadata(spec_pb).items() if k in missing and v in sources}
-    ops = weight_ops(program)
-    sliced = {k: parts for k, parts in read_sliced_metadata(spec_pb).items()
-              if k in missing and all(part["const"] in ops for part in parts)}
-    unexplained = [k for k in missing if k not in identity and k not in shared and k not in sliced]
+    unexplained = [k for k in missing if k not in identity and k not in shared]
     if unexplained:
         raise ValidationFailed(
             f"{path} holds no weight for decoder parameters {unexplained}: the package is incomplete "
@@ -70,8 +64,6 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
                 cache[id(op)] = torch.from_numpy(materialize(op).astype(np.float32))
             weights[key] = cache[id(op)]
             storage[op.op_type] = storage.get(op.op_type, 0) + 1
-        elif key in sliced:
-            weights[key] = torch.from_numpy(assemble_sliced(tuple(state[key].shape), sliced[key], ops))
         else:
             weights[key] = torch.full(state[key].shape, identity_value(key))
     decoder.load_state_dict(weights, strict=True, assign=True)
@@ -81,7 +73,6 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
         "mapped": {k: sources[k].name for k in sources},
         "identity": sorted(identity & set(missing)),
         "shared": dict(sorted(shared.items())),
-        "sliced": sorted(sliced),
         "storage_ops": storage,
     }
     return decoder.eval().requires_grad_(False), report

@@ -39,9 +39,6 @@ SPEC_VERSION_IOS18 = 9  # Model.specificationVersion that coremltools writes for
 WRAPPED_DECODER = "decoder"  # attribute name: torch.export lifts weights as p_decoder_<key>
 METADATA_IDENTITY_WEIGHTS = "mobilekit.identity_weights"
 METADATA_SHARED_WEIGHTS = "mobilekit.shared_weights"
-# {key: [{"const", "start", "step"}]}: weights the graph reads only in slices, each slice a
-# const of its own (mobilekit.lowering.coreml.sliced_weights)
-METADATA_SLICED_WEIGHTS = "mobilekit.sliced_weights"
 METADATA_SCHEME = "mobilekit.scheme"
 METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
 # {"window", "layers"} or null: the sliding-window layers masked inside the model
@@ -89,11 +86,6 @@ def read_identity_metadata(spec_pb) -> list[str]:
 
 def read_shared_metadata(spec_pb) -> dict[str, str]:
     raw = spec_pb.description.metadata.userDefined.get(METADATA_SHARED_WEIGHTS)
-    return json.loads(raw) if raw else {}
-
-
-def read_sliced_metadata(spec_pb) -> dict[str, list[dict]]:
-    raw = spec_pb.description.metadata.userDefined.get(METADATA_SLICED_WEIGHTS)
     return json.loads(raw) if raw else {}
 
 

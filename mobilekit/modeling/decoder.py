@@ -190,8 +190,10 @@ class CausalConv(nn.Module):
     kept differs). State layout [B, C, kernel-1], channels first, the last kernel-1 inputs
     (as ONNX Runtime GenAI's conv_state and transformers' conv cache hold them).
 
-    Written as kernel multiply-adds over slices of [past, x], not F.conv1d: the same few
-    elementwise ops convert on every target (XNNPACK, ONNX, Core ML) at any length."""
+    Written as the kernel's shifted windows of [past, x] stacked, times the taps, summed;
+    not F.conv1d: the same few elementwise ops convert on every target (XNNPACK, ONNX, Core
+    ML) at any length. The taps are used whole, never sliced: a converter folds a slice of
+    a weight into a nameless constant (coremltools does), and the weight's name is lost."""
 
     def __init__(self, channels: int, kernel: int, bias: bool):
         super().__init__()
@@ -204,12 +206,11 @@ class CausalConv(nn.Module):
         present [B,C,kernel-1]): out[t] = sum_j weight[:, j] * window[t + j] (+ bias)."""
         window = torch.cat([past.to(x.dtype), x.transpose(1, 2)], dim=-1)  # [B, C, k-1+T]
         t = x.shape[1]
-        out = window[..., 0:t] * self.weight[:, 0:1]
-        for j in range(1, self.kernel):
-            out = out + window[..., j:j + t] * self.weight[:, j:j + 1]
+        shifted = torch.stack([window[..., j:j + t] for j in range(self.kernel)], dim=-1)  # [B, C, T, k]
+        out = (shifted.transpose(1, 2) * self.weight).sum(-1)  # [B, T, C]
         if self.bias is not None:
-            out = out + self.bias[:, None]
-        return out.transpose(1, 2), window[..., -(self.kernel - 1):]
+            out = out + self.bias
+        return out, window[..., -(self.kernel - 1):]
 
 
 class ShortConv(nn.Module):

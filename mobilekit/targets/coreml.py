@@ -43,7 +43,7 @@ from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UNITS, DEPLOYMENT_TARGET,
                                       INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
-                                      METADATA_SLICED_WEIGHTS, METADATA_SLIDING_WINDOW, MODEL_FILE,
+                                      METADATA_SLIDING_WINDOW, MODEL_FILE,
                                       QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPE, SPEC_VERSION_IOS18, check_spec,
                                       conv_state_shape, io_contract, sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
@@ -61,10 +61,9 @@ def quantization_config(scheme: str, program=None):
     int4: linear_symmetric int4 in blocks of 32 along the input axis; embedding tables
     (gather inputs, which with tied embeddings is also the lm head) stay int8 per row, as
     the int4 scheme promises ("embeddings 8-bit"). `program` (the MIL program) is needed
-    to find them. A conv layer's taps reach the program as [hidden, 1] columns (and its
-    in-graph reset as one zeros const): at or below the threshold they stay fp16; above it
-    int4 blocks of 32 cannot split an axis of 1, so coremltools skips them with a warning and
-    they stay fp16 too (measured with hidden 2304; a quantized zeros const stays exact)."""
+    to find them. A conv layer's taps [hidden, kernel] (above the threshold from hidden 683
+    on, kernel 3): int8 quantizes them per row like any weight; int4's blocks of 32 cannot
+    split a kernel axis of 3, so coremltools leaves them fp16 (measured with hidden 1024)."""
     if scheme not in QUANTIZED_DTYPE:
         return None
     import coremltools.optimize.coreml as cto  # the target checked it is installed
@@ -139,7 +138,7 @@ class CoreMLTarget(Target):
         from torch.export import Dim
 
         from mobilekit.lowering.coreml import (CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights,
-                                               shared_weights, sliced_weights)
+                                               shared_weights)
 
         self.check_scheme(request.scheme)
         seq = request.max_seq_len
@@ -199,16 +198,13 @@ class CoreMLTarget(Target):
                    failing=f"coremltools weight quantization ({request.scheme})"):
             mlmodel = quantizer.apply(mlmodel, request.scheme)
 
-        # Weights with no const of their own cannot be read back by name: those the graph
-        # reads only in slices (a conv layer's taps), each slice folded into a const of its
-        # own; those the converter folded away (a norm weight of all ones, a bias of all
-        # zeros); and those its const deduplication merged into an equal tensor's const.
-        # Record all three, after checking that that is what they are.
+        # Weights with no const of their own cannot be read back by name: those the
+        # converter folded away (a norm weight of all ones, a bias of all zeros) and those
+        # its const deduplication merged into an equal tensor's const. Record both, after
+        # checking that that is what they are.
         mil_program = mlmodel._mil_program
         stored = torch.float16 if fp16 else torch.float32
         sources, missing = map_weights(mil_program, request.decoder)
-        sliced = sliced_weights(program, mil_program, request.decoder, missing, stored)
-        missing = [k for k in missing if k not in sliced]
         shared = shared_weights(request.decoder, sources, missing, stored)
         identity = identity_weights(request.decoder, [k for k in missing if k not in shared])
 
@@ -219,7 +215,6 @@ class CoreMLTarget(Target):
             mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
             mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
             mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
-            mlmodel.user_defined_metadata[METADATA_SLICED_WEIGHTS] = json.dumps(sliced)
             path = request.out_dir / MODEL_FILE
             shutil.rmtree(path, ignore_errors=True)
             mlmodel.save(str(path))
@@ -245,7 +240,6 @@ class CoreMLTarget(Target):
                 "mil_op_types": spec_check.pop("mil_op_types"),
                 "identity_weights": identity,
                 "shared_weights": shared,
-                "sliced_weights": sorted(sliced),
                 "fp16_safe_norms": fp16,
                 "size_bytes": _dir_size(path),
                 "spec_check": spec_check,
