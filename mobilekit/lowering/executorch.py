@@ -212,13 +212,15 @@ class ExecuTorchDecoder(nn.Module):
         scale = spec.attention_scale
 
         # A sequence starts at position 0 with an empty state. The KV cache needs no reset
-        # (rows past the query are masked), but a conv state is read whole: zero it there,
-        # in the graph, so the runner needs no reset call between prompts.
-        continuing = (input_pos[:1] > 0).to(torch.float32)
+        # (rows past the query are masked), but a conv state is read whole: read it as zeros
+        # there, in the graph, so the runner needs no reset call between prompts. A select,
+        # not a multiply by 0: ExecuTorch gives a mutated buffer no initial values, and
+        # whatever the memory holds (a NaN) times 0 is not 0.
+        continuing = input_pos[:1] > 0
 
         def convolve(i, x, conv):
             state = getattr(self, conv_state_buffer(i))
-            out, present = conv(x, state * continuing)
+            out, present = conv(x, torch.where(continuing, state, torch.zeros_like(state)))
             state.copy_(present)
             return out
 
