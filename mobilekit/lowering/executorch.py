@@ -216,7 +216,7 @@ class ExecuTorchDecoder(nn.Module):
         # there, in the graph, so the runner needs no reset call between prompts. A select,
         # not a multiply by 0: ExecuTorch gives a mutated buffer no initial values, and
         # whatever the memory holds (a NaN) times 0 is not 0.
-        continuing = input_pos[:1] > 0
+        continuing = input_pos[:1] > 0 if spec.conv_layers else None  # no op in other graphs
 
         def convolve(i, x, conv):
             state = getattr(self, conv_state_buffer(i))
