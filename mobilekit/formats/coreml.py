@@ -10,7 +10,7 @@ A stateful `model.mlpackage` (iOS 18 / macOS 15) in the shape that swift-transfo
            convState             fp16 [conv layers, 1, hidden, kernel-1]   (only with conv layers)
            (convState is mobilekit's own; swift-transformers makes and passes every state)
 One row of the KV cache per attention layer and one row of convState per conv layer (LFM2),
-in layer order (`state_rows`); the manifest's io.states says, per layer, which state and row.
+in layer order (`state_rows`); the manifest's io.layer_states says, per layer, which state and row.
 Also here: mobilekit's metadata keys, the compute units per scheme, reading a saved package
 back (`load_program`) and checking it against this contract (`check_spec`). No torch here:
 coremltools is imported where a package is read.
