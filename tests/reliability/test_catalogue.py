@@ -441,6 +441,8 @@ BUNDLE_CASES = [
     ("manifest-unknown-target", damage_manifest(lambda m: m.update(target="tflite"))),
     ("manifest-context-a-string", damage_manifest(lambda m: m.update(max_seq_len="64"))),
     ("chat-template-broken", damage_manifest(lambda m: m.update(chat_template="{% if %}"))),
+    # the conv state's fields (issue 15): a kernel under 2 has no state to carry
+    ("manifest-conv-kernel-1", damage_manifest(lambda m: m["decoder_spec"].update(conv_kernel=1))),
     ("model-file-missing", lambda f: (f / "model.onnx").unlink() or "model.onnx is missing"),
     ("model-file-truncated", lambda f: f.joinpath("model.onnx").write_bytes(b"\x08\x01") and "model.onnx"),
 ]
