@@ -23,9 +23,9 @@ FIRST = [5, 17, 3, 88, 41, 9, 60, 2, 33, 71]  # prefill 5, then 5 single steps
 SECOND = [12, 12, 40, 7, 95, 1, 50]  # prefill 3, then 4 single steps
 
 
-def conv_decoder() -> Decoder:
+def conv_decoder(spec: DecoderSpec = SPEC) -> Decoder:
     torch.manual_seed(0)
-    decoder = Decoder(SPEC).eval().requires_grad_(False)
+    decoder = Decoder(spec).eval().requires_grad_(False)
     for p in decoder.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return decoder
@@ -136,11 +136,7 @@ def test_executorch_runner_generates_the_eager_text(tiny_llama_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    spec = dataclasses.replace(SPEC, vocab_size=len(tokenizer))
-    torch.manual_seed(0)
-    decoder = Decoder(spec).eval().requires_grad_(False)
-    for p in decoder.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    decoder = conv_decoder(dataclasses.replace(SPEC, vocab_size=len(tokenizer)))
     target = get("executorch")
     target.export(ExportRequest(decoder=decoder, scheme="fp32", max_seq_len=SEQ, bos_id=None, eos_ids=[],
                                 out_dir=tmp_path))

@@ -149,10 +149,7 @@ def test_interleaved_layers_use_their_own_rows_in_fp16(tmp_path):
     """conv, attention, conv, attention: each kind's rows in layer order (convState rows 0 and
     1 written by slice updates, two KV rows for four layers), under the fp16 compute apps run."""
     spec = dataclasses.replace(SPEC, num_layers=4, layer_types=("conv", "full", "conv", "full"))
-    torch.manual_seed(0)
-    decoder = Decoder(spec).eval().requires_grad_(False)
-    for p in decoder.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    decoder = conv_decoder(spec)
     exporter = get("coreml")
     artefact = exporter.export(ExportRequest(decoder=decoder, scheme="fp16", max_seq_len=SEQ, bos_id=None,
                                              eos_ids=[2], out_dir=tmp_path))
