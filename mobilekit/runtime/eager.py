@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mobilekit.modeling import Decoder, EagerDecoder, rotary_tables
-from mobilekit.modeling.decoder import attention, attention_mask, select_rows
+from mobilekit.modeling.decoder import attention, attention_mask, select_rows, zero_conv_state
 from mobilekit.runtime import Session
 
 
@@ -19,6 +19,7 @@ class EagerSession(Session):
         self.rope = rotary_tables(decoder.spec, max_seq_len)
         self._k: list[torch.Tensor | None] = []
         self._v: list[torch.Tensor | None] = []
+        self._conv: list[torch.Tensor | None] = []  # conv layers' states (spec.conv_layers)
         if runtime:
             self.runtime = runtime
 
@@ -26,6 +27,7 @@ class EagerSession(Session):
         super().reset()
         self._k = [None] * self.decoder.spec.num_layers
         self._v = [None] * self.decoder.spec.num_layers
+        self._conv = [None] * self.decoder.spec.num_layers
 
     @torch.no_grad()
     def _run(self, tokens):
@@ -45,9 +47,14 @@ class EagerSession(Session):
             self._k[i], self._v[i] = k, v
             return attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale, spec.attention_softcap)
 
+        def convolve(i, x, conv):
+            past = self._conv[i] if self._conv[i] is not None else zero_conv_state(spec, x.shape[0], x.dtype)
+            out, self._conv[i] = conv(x, past)
+            return out
+
         ids = torch.tensor([tokens], dtype=torch.long)
         rope = select_rows(self.rope, slice(start, total))
-        logits = self.decoder(ids, rope, attend, last_only=True, positions=positions)
+        logits = self.decoder(ids, rope, attend, last_only=True, positions=positions, convolve=convolve)
         return logits[0].float().numpy()
 
 

@@ -130,6 +130,11 @@ EXPECTED_PARAMETERS = {
     "llama-3.2-3b-instruct": 3.213e9,
     "smollm2-360m-instruct": 361.8e6,
     "smollm2-1.7b-instruct": 1.711e9,
+    # issue 17: the LFM2 model cards' 354,483,968 / 742,489,344 / 1,170,340,608 (LFM2.5 1.2B: LFM2 1.2B's shape)
+    "lfm2-350m": 354.5e6,
+    "lfm2-700m": 742.5e6,
+    "lfm2-1.2b": 1.170e9,
+    "lfm2.5-1.2b-instruct": 1.170e9,
 }
 
 

@@ -5,8 +5,10 @@ import Foundation
 /// A mobilekit Core ML bundle's model.mlpackage, run the way swift-transformers'
 /// LanguageModelWithStatefulKVCache runs it: inputs `inputIds` [1, T] Int32 and `causalMask`
 /// [1, 1, T, past+T] Float16 (additive: 0 attends, -65504 masks), output `logits` [1, T, vocab],
-/// and the KV cache in the model's MLState (`keyCache`, `valueCache`) from `makeState()`. The
-/// cache position is read from the mask's shape, so each call appends T tokens at `past`.
+/// and every state the manifest's `io.layer_states` lists in the model's MLState from
+/// `makeState()`: `keyCache`/`valueCache` for attention layers, `convState` for LFM2-style conv
+/// layers (the graph zeroes it itself when a call starts at position 0). The cache position is
+/// read from the mask's shape, so each call appends T tokens at `past`.
 @available(iOS 18.0, macOS 15.0, *)
 public final class CoreMLStatefulModel {
     public let manifest: Manifest
