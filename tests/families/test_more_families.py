@@ -88,6 +88,15 @@ def test_qwen2_biases_and_refused_sliding_window():
         spec_from_config({**families.get("qwen2").tiny_config, "use_sliding_window": True, "sliding_window": 16})
 
 
+def test_qwen3_norms_and_refused_sliding_window():
+    from mobilekit.families.qwen3 import spec_from_config
+
+    spec = spec_from_config(families.get("qwen3").tiny_config)
+    assert spec.qk_norm and spec.qk_norm_width == "head" and not spec.qkv_bias and spec.head_dim * spec.num_heads != spec.hidden_size
+    with pytest.raises(CheckpointError, match="use_sliding_window"):
+        spec_from_config({**families.get("qwen3").tiny_config, "use_sliding_window": True, "sliding_window": 16})
+
+
 def test_phi3_longrope_context_is_bounded(tmp_path):
     from mobilekit.errors import ExportError
 

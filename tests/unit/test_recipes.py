@@ -135,6 +135,11 @@ EXPECTED_PARAMETERS = {
     "lfm2-700m": 742.5e6,
     "lfm2-1.2b": 1.170e9,
     "lfm2.5-1.2b-instruct": 1.170e9,
+    # the Qwen3 model cards: 0.6B / 1.7B / 4.0B (non-embedding 0.44B / 1.4B / 3.6B, which the
+    # spec's counts less the tied embedding also give)
+    "qwen3-0.6b": 0.6e9,
+    "qwen3-1.7b": 1.7e9,
+    "qwen3-4b-instruct-2507": 4.0e9,
 }
 
 
