@@ -165,7 +165,7 @@ class Attention(nn.Module):
             # open_lm: one norm over all heads' lanes of q (and of k) at once
             self.q_norm = make_norm(spec, heads * hd)
             self.k_norm = make_norm(spec, kv * hd)
-        self.rotary = Rotary() if spec.rotary_width else None
+        self.rotary = Rotary() if spec.layer_rope(layer) else None
 
     def forward(self, layer_index, x, rope, attend: Attend):
         # -1 rather than the symbolic length: backends (XNNPACK) reject symbolic reshapes

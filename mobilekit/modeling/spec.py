@@ -111,6 +111,9 @@ class DecoderSpec:
     # and whether its projections and taps have biases (conv_bias).
     conv_kernel: int = 3
     conv_bias: bool = False
+    # Attention layers with no rotary at all (SmolLM3's NoPE layers, every 4th): their q and
+    # k go to attention as projected (and normed).
+    nope_layers: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -145,6 +148,8 @@ class DecoderSpec:
         if self.conv_layers and (isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int)
                                  or self.conv_kernel < 2):
             raise CheckpointError(f"conv_kernel must be a whole number of at least 2, not {self.conv_kernel!r}")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_layers for i in self.nope_layers):
+            raise CheckpointError(f"nope_layers {list(self.nope_layers)} must be layer indices below {self.num_layers}")
         if self.qk_norm_width not in QK_NORM_WIDTHS:
             raise CheckpointError(f"qk_norm_width {self.qk_norm_width!r} must be one of {', '.join(QK_NORM_WIDTHS)}")
         if self.qk_norm_width == "full" and not self.qk_norm:
@@ -190,7 +195,7 @@ class DecoderSpec:
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise CheckpointError(f"decoder_spec has fields this mobilekit does not know: {sorted(unknown)}")
-        for name in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes"):
+        for name in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "nope_layers"):
             if isinstance(fields.get(name), list):
                 fields[name] = tuple(fields[name])
         scaling = fields.get("rope_scaling")
@@ -242,15 +247,17 @@ class DecoderSpec:
             return None
         return self.sliding_window
 
-    def layer_rope(self, layer: int) -> str:
-        """Which rotary table `layer` uses: "local" (Gemma 3 sliding layers) or "global"."""
+    def layer_rope(self, layer: int) -> str | None:
+        """Which rotary table `layer` uses: "local" (Gemma 3 sliding layers) or "global";
+        None for a layer without rotary (nope_layers, or no rotary lanes at all)."""
+        if not self.rotary_width or layer in self.nope_layers:
+            return None
         return "local" if self.rope_theta_local is not None and self.layer_window(layer) else "global"
 
     @property
     def rope_kinds(self) -> tuple[str, ...]:
-        if not self.rotary_width:
-            return ()
-        return tuple(sorted({self.layer_rope(i) for i in self.attention_layers}))
+        """The rotary tables the attention layers use (what a target computes or stores)."""
+        return tuple(sorted({self.layer_rope(i) for i in self.attention_layers} - {None}))
 
     def layer_heads(self, layer: int) -> int:
         return self.layer_num_heads[layer] if self.layer_num_heads else self.num_heads

@@ -103,3 +103,16 @@ def test_phi3_longrope_context_is_bounded(tmp_path):
     folder = make_tiny_checkpoint(tmp_path / "phi3", families.get("phi3").tiny_config)
     with pytest.raises(ExportError, match="exceeds the model's context of 64 tokens"):
         pipeline.make_context(None, str(folder), 128)
+
+
+def test_smollm3_nope_layers():
+    """NoPE layers have no rotary module and get no rotary table; the others keep theirs."""
+    from mobilekit.families.smollm3 import spec_from_config
+    from mobilekit.modeling import Decoder
+
+    spec = spec_from_config(families.get("smollm3").tiny_config)
+    assert spec.nope_layers == (2,) and spec.rope_kinds == ("global",)
+    assert [layer.attention.rotary is None for layer in Decoder(spec).layers] == [False, False, True]
+    # a config with only the interval (no no_rope_layers list) gets transformers' default pattern
+    assert spec_from_config({**families.get("smollm3").tiny_config, "num_hidden_layers": 8,
+                             "no_rope_layer_interval": 4}).nope_layers == (3, 7)
