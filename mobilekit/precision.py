@@ -29,7 +29,7 @@ from typing import Callable
 
 from mobilekit.errors import ExportError
 from mobilekit.modeling import rotary_tables
-from mobilekit.modeling.decoder import attention, attention_mask, select_rows
+from mobilekit.modeling.decoder import attention, attention_mask, select_rows, zero_conv_state
 from mobilekit.quantize import Goal, WeightFormat
 
 CALIBRATION_TOKENS = 256
@@ -86,7 +86,8 @@ def groups_of(decoder, kinds=("embedding", "linear")) -> list[Group]:
     if "embedding" in kinds:
         groups.append(Group("embedding", ["embed_tokens"], "embedding", decoder.embed_tokens.weight.numel(), None))
     for i, layer in enumerate(decoder.layers):
-        for part in ("attention", "mlp"):
+        mixer = "conv" if hasattr(layer, "conv") else "attention"  # the layer's state kind's module
+        for part in (mixer, "mlp"):
             names = [f"layers.{i}.{part}.{n}" for n, m in getattr(layer, part).named_modules()
                      if isinstance(m, torch.nn.Linear)]
             size = sum(decoder.get_submodule(n).weight.numel() for n in names)
@@ -219,6 +220,8 @@ class _Runner:
         masks = {w: attention_mask(positions, positions, w) for w in {spec.layer_window(i) for i in range(spec.num_layers)}}
         self.attend = lambda i, q, k, v: attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale,
                                                    spec.attention_softcap)
+        # conv layers (LFM2) run from a zero state: the calibration text is one sequence from position 0
+        self.convolve = lambda i, x, conv: conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
         tables = select_rows(rotary_tables(spec, len(ids)), slice(None))
         self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
         self.positions = positions
@@ -268,7 +271,7 @@ class _Runner:
             for i in range(start, spec.num_layers):
                 if record:
                     self.cache[i] = h
-                h = decoder.layers[i](i, h, self.rope.get(spec.layer_rope(i)), self.attend)
+                h = decoder.layers[i](i, h, self.rope.get(spec.layer_rope(i)), self.attend, self.convolve)
             if record:
                 self.cache[spec.num_layers] = h
             h = decoder.norm(h)

@@ -3,8 +3,9 @@ it: the plan's bits reach the artefact, the manifest records the plan, validatio
 
 import pytest
 
-from mobilekit import pipeline, precision, targets
+from mobilekit import families, pipeline, precision, targets
 from mobilekit.errors import ExportError, SchemeNotSupported
+from mobilekit.tiny import make_tiny_checkpoint
 
 AUTO_TARGETS = [name for name in targets.names() if "auto" in targets.get(name).offered_schemes()]
 
@@ -58,3 +59,24 @@ def test_auto_needs_a_goal_and_a_target_that_offers_it(context, tmp_path):
     with pytest.raises(SchemeNotSupported, match="does not offer quant scheme 'auto'"):
         targets.get("coreml").check_scheme("auto")
     assert not any(tmp_path.iterdir())
+
+
+def test_auto_plans_conv_layers(tmp_path):
+    """LFM2's conv layers are groups of the plan like attention layers, and their bits reach
+    the ONNX artefact."""
+    import onnx
+
+    folder = make_tiny_checkpoint(tmp_path / "lfm2", families.get("lfm2").tiny_config)
+    context = pipeline.make_context(None, str(folder), 64)
+    low, high = precision.size_bounds(context.checkpoint.build_decoder(), targets.get("onnx").weight_format())
+    bundle = pipeline.export(context, pipeline.ExportOptions(
+        target="onnx", scheme="auto", output=tmp_path / "b", keep_failed=True,
+        goal=precision.Goal(max_size_bytes=int(low + 0.5 * (high - low)))))
+    groups = {g["group"]: g for g in bundle.manifest["quantization"]["groups"]}
+    assert {"layers.0.conv", "layers.1.attention", "layers.2.conv"} <= set(groups)
+    model = onnx.load(str(bundle.path / "model.onnx"), load_external_data=False)
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node
+            if n.op_type == "MatMulNBits"}
+    for module in groups["layers.0.conv"]["modules"]:
+        name = f"decoder.{module}/MatMul"
+        assert bits.get(name + "_Q4", bits.get(name + "_Q8", bits.get(name))) == groups["layers.0.conv"]["bits"]
