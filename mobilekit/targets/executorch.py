@@ -283,7 +283,7 @@ class ExecuTorchTarget(Target):
             "outputs": [{"name": LOGITS, "dtype": "float32", "shape": [1, spec.vocab_size]}],
             "kv_cache": {
                 "kind": "mutable buffers (llama::update_cache, llama::custom_sdpa)",
-                "layers": spec.num_layers,
+                "layers": len(spec.attention_layers),  # conv layers keep conv_state_i (layer_states)
                 "kv_heads": spec.num_kv_heads,
                 "head_dim": spec.head_dim,
                 "shape_per_layer": cache_shape,
