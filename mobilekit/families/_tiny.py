@@ -39,8 +39,9 @@ def shrink_transformers_layout(config: dict, default_layers: int = 3) -> dict:
     if isinstance(scaling, dict) and scaling.get("original_max_position_embeddings"):  # Llama 3.1's remap
         scaling = tiny["rope_scaling"] = {**scaling, "original_max_position_embeddings": 64}
     if isinstance(scaling, dict) and "long_factor" in scaling:
-        # one factor per rotary frequency: resample to the tiny head's head_dim / 2
-        step = len(scaling["long_factor"]) / (head_dim // 2)
-        tiny["rope_scaling"] = {**scaling, **{key: [scaling[key][int(i * step)] for i in range(head_dim // 2)]
+        # one factor per rotary frequency: resample to the tiny head's rotated lanes / 2
+        frequencies = int(head_dim * config.get("partial_rotary_factor", 1.0)) // 2
+        step = len(scaling["long_factor"]) / frequencies
+        tiny["rope_scaling"] = {**scaling, **{key: [scaling[key][int(i * step)] for i in range(frequencies)]
                                               for key in ("long_factor", "short_factor")}}
     return tiny
