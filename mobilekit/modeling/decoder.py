@@ -261,22 +261,23 @@ class PlainMLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Norm names by role: input_norm feeds attention, post_attention_norm feeds the MLP
-    (absent when both share input_norm); the sandwich norms (Gemma) normalize each
-    sub-layer's output before its residual add; residual_scale (MiniCPM) scales each
+    (absent when both share input_norm; identities without pre_norms); the sandwich norms
+    (Gemma, OLMo 2) normalize each sub-layer's output before its residual add; residual_scale (MiniCPM) scales each
     sub-layer's output before its add."""
 
     def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
         self.residual = spec.residual
         self.residual_scale = spec.residual_scale
-        self.input_norm = make_norm(spec)
+        # without pre-norms (OLMo 2) the sub-layers read the residual stream as it is
+        self.input_norm = make_norm(spec) if spec.pre_norms else nn.Identity()
         # the token mixer, by the state the layer carries (spec.layer_state)
         if spec.layer_state(layer) == "conv":
             self.conv = ShortConv(spec)
         else:
             self.attention = Attention(spec, layer)
         if spec.residual != "parallel_shared_norm":
-            self.post_attention_norm = make_norm(spec)
+            self.post_attention_norm = make_norm(spec) if spec.pre_norms else nn.Identity()
         self.mlp = GatedMLP(spec, layer) if spec.mlp == "gated" else PlainMLP(spec, layer)
         if spec.sandwich_norms:
             self.attention_output_norm = make_norm(spec)

@@ -79,6 +79,8 @@ class DecoderSpec:
     residual: str = "sequential"
     # Gemma: the attention and MLP outputs are normalized again before the residual add.
     sandwich_norms: bool = False
+    # False: no norms before the sub-layers; only the output norms (sandwich_norms) remain (OLMo 2)
+    pre_norms: bool = True
     qk_norm: bool = False  # Gemma 3: RMSNorm over head_dim on q and k, before rotary
     # Rotary lanes per head (the first rotary_dim of head_dim; the rest pass through).
     # None = all of head_dim; 0 = no rotary (GPT-2's learned positions instead).
@@ -154,6 +156,8 @@ class DecoderSpec:
             raise CheckpointError(f"qk_norm_width {self.qk_norm_width!r} must be one of {', '.join(QK_NORM_WIDTHS)}")
         if self.qk_norm_width == "full" and not self.qk_norm:
             raise CheckpointError('qk_norm_width "full" needs qk_norm')
+        if not self.pre_norms and (not self.sandwich_norms or self.residual != "sequential"):
+            raise CheckpointError("pre_norms False (OLMo 2's post-sublayer norms) needs sandwich_norms and residual sequential")
         if not self.norm_bias and self.norm != "layer":
             raise CheckpointError('norm_bias False (gain-only LayerNorm) needs norm "layer"')
         if self.residual_scale <= 0 or self.logit_divisor <= 0:
@@ -286,7 +290,8 @@ class DecoderSpec:
     def num_parameters(self) -> int:
         d, hd = self.hidden_size, self.head_dim
         per_norm = 2 if self.norm == "layer" and self.norm_bias else 1  # weight (+ bias) per lane
-        norms = {"sequential": 2, "parallel": 2, "parallel_shared_norm": 1}[self.residual] + 2 * self.sandwich_norms
+        norms = {"sequential": 2, "parallel": 2, "parallel_shared_norm": 1}[self.residual] * self.pre_norms
+        norms += 2 * self.sandwich_norms
         total = 0
         for i in range(self.num_layers):
             heads, kv, inter = self.layer_heads(i), self.layer_kv_heads(i), self.layer_intermediate(i)

@@ -72,6 +72,7 @@ def test_open_lm_and_minicpm_spec_fields():
     ({"residual_scale": 0.0}, "must be positive"),
     ({"layer_types": ("conv", "full", "conv"), "conv_kernel": 1}, "conv_kernel must be a whole number of at least 2"),
     ({"layer_types": ("conv", "full", "mamba")}, "layer_types must name each of the 3 layers one of full, sliding, conv"),
+    ({"pre_norms": False}, "pre_norms False .* needs sandwich_norms"),
     ({"nope_layers": (3,)}, r"nope_layers \[3\] must be layer indices below 3"),
 ])
 def test_spec_invariants_name_the_field(change, message):

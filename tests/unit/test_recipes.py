@@ -141,7 +141,8 @@ EXPECTED_PARAMETERS = {
     "qwen3-1.7b": 1.7e9,
     "qwen3-4b-instruct-2507": 4.0e9,
     "smollm3-3b": 3.08e9,  # the SmolLM3 model card's "3B" (3.08B)
-    "phi-4-mini-instruct": 3.836e9,  # 3,836,021,760, counted from its safetensors headers by a public test
+    "phi-4-mini-instruct": 3.836e9,
+    "olmo2-1b-instruct": 1.485e9,  # the OLMo 2 1B model card's 1.5B  # 3,836,021,760, counted from its safetensors headers by a public test
 }
 
 
