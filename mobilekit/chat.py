@@ -7,9 +7,10 @@ from pathlib import Path
 from mobilekit.errors import BundleError, PromptTooLong
 
 
-def format_prompt(manifest: dict, user_text: str) -> str:
-    """Render one user turn with the manifest's chat template, ready for generation.
-    Without a template the text is returned unchanged."""
+def format_prompt(manifest: dict, user_text: str, variables: dict | None = None) -> str:
+    """Render one user turn with the manifest's chat template, ready for generation, with
+    extra template `variables` (Qwen3's and SmolLM3's enable_thinking, as transformers'
+    apply_chat_template passes them). Without a template the text is returned unchanged."""
     template = manifest.get("chat_template")
     if not template:
         return user_text
@@ -20,6 +21,7 @@ def format_prompt(manifest: dict, user_text: str) -> str:
             conversations=[[{"role": "user", "content": user_text}]],
             chat_template=template,
             add_generation_prompt=True,
+            **(variables or {}),
         )
     except Exception as e:  # the template is the bundle's data: a broken one is the bundle's fault
         raise BundleError(f"the chat_template in {manifest.get('recipe') or 'the bundle'}'s mobilekit.json cannot be "
@@ -57,3 +59,14 @@ def fit_to_context(manifest: dict, prompt_tokens: int, max_new_tokens: int) -> t
         return room, (f"--max-new-tokens {max_new_tokens} clamped to {room}: the prompt takes {prompt_tokens} of "
                       f"the bundle's {context}-token context")
     return max_new_tokens, None
+
+
+def template_variable(text: str) -> tuple[str, object]:
+    """KEY=VALUE from the command line: true/false become booleans, whole numbers ints, the
+    rest stays text (enable_thinking=false -> ("enable_thinking", False))."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"{text!r} is not KEY=VALUE with KEY a template variable name (e.g. enable_thinking=false)")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, int(value) if value.lstrip("-").isdigit() else value

@@ -437,13 +437,20 @@ def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_c
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="At most this many new tokens (fewer where the bundle's context ends first).")
 @click.option("--chat/--no-chat", default=True, help="Wrap PROMPT in the bundle's chat template.")
-def generate(bundle_dir, prompt, max_new_tokens, chat):
+@click.option("--template-var", "template_vars", multiple=True, metavar="KEY=VALUE",
+              help="A variable for the chat template, repeatable: enable_thinking=false turns off Qwen3's and "
+                   "SmolLM3's thinking block.")
+def generate(bundle_dir, prompt, max_new_tokens, chat, template_vars):
     """Stream a greedy reply to PROMPT from BUNDLE_DIR through the runtime apps use (read-only)."""
+    try:
+        variables = dict(chat_format.template_variable(v) for v in template_vars)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--template-var") from None
     manifest = bundle.read_manifest(bundle_dir)
     bundle.verify_files(bundle_dir, manifest, hashes=False)
     target = targets.of_bundle(bundle_dir, manifest)
     target.check_available()
-    text = chat_format.format_prompt(manifest, prompt) if chat else prompt
+    text = chat_format.format_prompt(manifest, prompt, variables) if chat else prompt
     max_new_tokens, note = chat_format.fit_to_context(
         manifest, chat_format.prompt_token_count(bundle_dir, manifest, text), max_new_tokens)
     if note:

@@ -138,3 +138,28 @@ def test_quant_a_target_lacks_fails_before_any_work(tiny_llama_dir, tmp_path):
     assert result.exit_code == 1
     assert "target executorch does not offer quant scheme 'fp16'. It offers: fp32, int8, int4" in result.output
     assert not (tmp_path / "all").exists()
+
+
+# Qwen3's switch, as its template spells it (an empty think block when thinking is off)
+THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n"
+                     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+                     "{% endif %}{% endif %}")
+
+
+def test_template_variables_reach_the_chat_template():
+    from mobilekit.chat import format_prompt, template_variable
+
+    manifest = {"chat_template": THINKING_TEMPLATE}
+    assert "<think>" not in format_prompt(manifest, "hi")
+    off = dict([template_variable("enable_thinking=false")])
+    assert off == {"enable_thinking": False}
+    assert format_prompt(manifest, "hi", off).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert template_variable("n=3") == ("n", 3) and template_variable("name=a=b") == ("name", "a=b")
+
+
+@pytest.mark.parametrize("bad", ["enable_thinking", "=false", "not a name=1"])
+def test_malformed_template_variable_is_a_usage_error(bad, tmp_path):
+    result = run("generate", str(tmp_path), "hi", "--template-var", bad)
+    assert result.exit_code == 2 and "--template-var" in result.output and "KEY=VALUE" in result.output
+    assert not any(tmp_path.iterdir())
