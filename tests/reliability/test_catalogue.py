@@ -521,6 +521,12 @@ def test_max_new_tokens_must_be_positive(value, good_bundle, sentinel):
     assert_clean(result.returncode, result.stdout, result.stderr, 2, ["--max-new-tokens"], None, sentinel)
 
 
+@pytest.mark.parametrize("value", ["enable_thinking", "=false"])
+def test_template_variable_must_be_key_value(value, good_bundle, sentinel):
+    result = mobilekit("generate", str(good_bundle), "Hello", "--template-var", value)
+    assert_clean(result.returncode, result.stdout, result.stderr, 2, ["--template-var", "KEY=VALUE"], None, sentinel)
+
+
 def test_not_a_bundle_folder(sentinel, tmp_path):
     result = mobilekit("generate", str(tmp_path), "Hello")
     assert_clean(result.returncode, result.stdout, result.stderr, 1, ["mobilekit.json is missing"], None, sentinel)
