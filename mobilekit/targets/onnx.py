@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from mobilekit.errors import ExportError
-from mobilekit.formats.onnx import DATA_FILE, GENAI_CONFIG, MODEL_FILE, genai_config, io_contract
+from mobilekit.formats.onnx import DATA_FILE, GENAI_CONFIG, INPUT_IDS, MODEL_FILE, genai_config, io_contract
 from mobilekit.lowering import stage
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
 from mobilekit.runtime.onnx import OnnxSession, genai_generate, genai_greedy
@@ -272,6 +272,49 @@ def _share_embedding(model, tied: str, bits: int, block_size: int) -> bool:
     return True
 
 
+def _quantize_embedding(model, bits: int, block_size: int) -> bool:
+    """Untied embeddings: the fp32 table becomes GatherBlockQuantized over blocks quantized by
+    ONNX Runtime's own MatMulNBits kernel (MLAS quantize_matmul_{4,8}bits, symmetric), laid
+    out as _share_embedding's: the table is quantized as if it were a lm head ([hidden, vocab]
+    MatMul weight), whose blocks run along hidden within each vocab row."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    inits = {i.name: i for i in model.graph.initializer}
+    gather = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
+                   and n.input[1] == INPUT_IDS), None)
+    if gather is None:
+        return False
+    table = numpy_helper.to_array(inits[gather.input[0]]).astype(np.float32)
+    vocab, hidden = table.shape
+    blocks = -(-hidden // block_size)
+    weight = np.ascontiguousarray(np.pad(table, ((0, 0), (0, blocks * block_size - hidden))).T)
+    packed = np.zeros((vocab, blocks, block_size * bits // 8), dtype=np.uint8)
+    scales = np.zeros((vocab, blocks), dtype=np.float32)
+    zero_points = np.zeros((vocab, -(-blocks * bits // 8)), dtype=np.uint8)
+    quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    quantize(packed, weight, scales, zero_points, block_size, vocab, blocks * block_size, True)
+    name = gather.input[0]
+    data = numpy_helper.from_array(packed.reshape(vocab, -1), name + ".q_rows")
+    scale = numpy_helper.from_array(scales, name + ".q_scales")
+    replacement = helper.make_node(
+        "GatherBlockQuantized", [data.name, gather.input[1], scale.name], list(gather.output),
+        name=gather.name + "_q", domain="com.microsoft",
+        bits=bits, block_size=block_size, gather_axis=0, quantize_axis=1,
+    )
+    nodes = list(model.graph.node)
+    nodes[nodes.index(gather)] = replacement
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [i for i in model.graph.initializer if i.name != name]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, data, scale])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return True
+
+
 # scheme -> (bits, block size). int8 is MatMulNBits too, not quantize_dynamic: on SmolLM2-135M
 # ONNX Runtime's dynamic int8 MatMul (per-channel weights, activations quantized per tensor)
 # lost far more (min logit cosine 0.78, top-1 0.85) than 8-bit blocks of 32 (0.995, 0.95) at a
@@ -300,8 +343,9 @@ def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
     MatMul weight including the lm head, accuracy_level 4 (int8 activations inside the
     kernel: the CPU setting ONNX Runtime GenAI's builder uses; level 0 ran 8-bit ~10x slower).
     A tied embedding is then read from the lm head's quantized blocks (GatherBlockQuantized);
-    an untied embedding stays fp32 (ONNX Runtime has no
-    weight-only quantizer for a lone Gather). Measured on SmolLM2-135M int4: sharing takes
+    an untied one is quantized on its own to the same blocks (_quantize_embedding: ONNX
+    Runtime's quantizers skip a lone Gather), except under auto, whose plans cover linears
+    only. Measured on SmolLM2-135M int4: sharing takes
     model.onnx.data from 198 MB to 85 MB for top-1 agreement 0.600 -> 0.575 and perplexity
     30.07 -> 30.83 (reference 26.63), at the same decode speed.
     auto: `plan` (decoder module name -> 4 or 8) — one 4-bit pass leaving out the 8-bit
@@ -332,18 +376,23 @@ def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
     finally:
         log.setLevel(level)
     head_bits = 8 if "decoder.lm_head/MatMul" in eight_bit else bits
-    shared = bool(tied) and _share_embedding(model, tied, head_bits, block)
+    if tied:
+        embedding = f"int{head_bits} (read from the lm head's blocks)" if _share_embedding(
+            model, tied, head_bits, block) else "fp32"
+    else:  # a plan covers linears only on ONNX (onnx_weight_format), so auto keeps it fp32
+        embedding = f"int{bits} (GatherBlockQuantized, blocks of {block})" if plan is None and _quantize_embedding(
+            model, bits, block) else "fp32"
     bits = "4 and 8 (plan)" if plan is not None else bits
     facts.update(method="MatMulNBits", bits=bits, block_size=block, symmetric=True, accuracy_level=4,
                  quantized_matmuls=sum(n.op_type == "MatMulNBits" for n in model.graph.node),
-                 embedding=f"int{head_bits} (read from the lm head's blocks)" if shared else "fp32")
+                 embedding=embedding)
     return model, facts
 
 
 def onnx_weight_format():
     """quantize.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
     block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
-    embedding follows the head; an untied one stays fp32); activations are quantized inside
+    embedding follows the head; an untied one is quantized apart, outside plans); activations are quantized inside
     the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
 
     def weight(module, kind: str, bits: int):

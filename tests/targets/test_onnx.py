@@ -428,8 +428,12 @@ def test_genai_runs_the_family_past_its_window(family_bundles, family):
 def test_int4_reaches_tied_biased_and_position_weights(family_bundles):
     """GPT-2: tied token embedding read from the lm head's int4 blocks, the learned position
     table left a float Gather, every linear (all biased) MatMulNBits. Phi-2: untied head
-    quantized with its bias added after, token embedding fp32."""
+    quantized with its bias added after, and its own token embedding quantized to the same
+    int4 blocks (GatherBlockQuantized), which dequantize to what the weight format predicts."""
     import onnx
+    from onnx import numpy_helper
+
+    from mobilekit.targets.onnx import onnx_weight_format
 
     for family, shared in (("gpt2", True), ("phi", False)):
         ckpt, path, artefact = family_bundles(family, "int4")
@@ -440,8 +444,9 @@ def test_int4_reaches_tied_biased_and_position_weights(family_bundles):
         linears = spec.num_layers * (4 + (3 if spec.mlp == "gated" else 2)) + 1
         assert sum(n.op_type == "MatMulNBits" for n in nodes) == linears
         assert not [n for n in nodes if n.op_type == "MatMul" and n.input[1] in inits]
-        assert artefact.extra["quantization"]["embedding"].startswith("int4" if shared else "fp32")
+        assert artefact.extra["quantization"]["embedding"].startswith("int4")
         gathers = {n.input[0]: n.op_type for n in nodes if n.op_type.startswith("Gather") and n.input[0] in inits}
+        assert [n.input[1] for n in nodes if n.op_type == "GatherBlockQuantized"] == ["input_ids"]
         if family == "gpt2":
             assert [n.input[1] for n in nodes if n.op_type == "GatherBlockQuantized"] == ["input_ids"]
             assert gathers["decoder.embed_positions.weight"] == "Gather"
@@ -450,7 +455,15 @@ def test_int4_reaches_tied_biased_and_position_weights(family_bundles):
             head = next(n for n in nodes if n.name.startswith("decoder.lm_head"))
             (add,) = [n for n in nodes if head.output[0] in n.input]
             assert add.op_type == "Add" and "decoder.lm_head.bias" in add.input
-            assert gathers["decoder.embed_tokens.weight"] == "Gather"
+            assert "decoder.embed_tokens.weight" not in inits  # the fp32 table left the file
+            full = onnx.load(str(path / "model.onnx"))
+            data = {i.name: numpy_helper.to_array(i) for i in full.graph.initializer}
+            packed, scales = data["decoder.embed_tokens.weight.q_rows"], data["decoder.embed_tokens.weight.q_scales"]
+            nibbles = np.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1).astype(np.float32) - 8
+            table = (nibbles.reshape(*scales.shape, -1) * scales[..., None]).reshape(packed.shape[0], -1)
+            embedding = ckpt.build_decoder().embed_tokens
+            want = onnx_weight_format().weight(embedding, "linear", 4).numpy()
+            np.testing.assert_allclose(table[:, :spec.hidden_size], want, rtol=1e-6, atol=1e-7)
 
 
 def test_llama_layers_stay_a_few_fused_nodes(bundles):
