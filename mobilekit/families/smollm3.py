@@ -24,7 +24,8 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     base = llama.spec_from_config({**config, "sliding_window": None})
     uses_rope = config["no_rope_layers"]
     if len(uses_rope) != base.num_layers:
-        raise CheckpointError(f"no_rope_layers has {len(uses_rope)} entries; it needs one per layer ({base.num_layers})")
+        raise CheckpointError(
+            f"no_rope_layers has {len(uses_rope)} entries; it needs one per layer ({base.num_layers})")
     return dataclasses.replace(base, nope_layers=tuple(i for i, rope in enumerate(uses_rope) if not rope))
 
 

@@ -262,8 +262,8 @@ class PlainMLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Norm names by role: input_norm feeds attention, post_attention_norm feeds the MLP
     (absent when both share input_norm; identities without pre_norms); the sandwich norms
-    (Gemma, OLMo 2) normalize each sub-layer's output before its residual add; residual_scale (MiniCPM) scales each
-    sub-layer's output before its add."""
+    (Gemma, OLMo 2) normalize each sub-layer's output before its residual add; residual_scale
+    (MiniCPM) scales each sub-layer's output before its add."""
 
     def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()

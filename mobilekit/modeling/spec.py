@@ -157,7 +157,8 @@ class DecoderSpec:
         if self.qk_norm_width == "full" and not self.qk_norm:
             raise CheckpointError('qk_norm_width "full" needs qk_norm')
         if not self.pre_norms and (not self.sandwich_norms or self.residual != "sequential"):
-            raise CheckpointError("pre_norms False (OLMo 2's post-sublayer norms) needs sandwich_norms and residual sequential")
+            raise CheckpointError(
+                "pre_norms False (OLMo 2's post-sublayer norms) needs sandwich_norms and residual sequential")
         if not self.norm_bias and self.norm != "layer":
             raise CheckpointError('norm_bias False (gain-only LayerNorm) needs norm "layer"')
         if self.residual_scale <= 0 or self.logit_divisor <= 0:

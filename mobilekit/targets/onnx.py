@@ -278,7 +278,7 @@ def _quantize_embedding(model, bits: int, block_size: int) -> bool:
     out as _share_embedding's: the table is quantized as if it were a lm head ([hidden, vocab]
     MatMul weight), whose blocks run along hidden within each vocab row."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -392,8 +392,8 @@ def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
 def onnx_weight_format():
     """quantize.WeightFormat of quantize_model: MatMulNBits symmetric blocks (MLAS: the
     block's largest-magnitude weight maps to -2^(bits-1), fp32 scales), linears only (a tied
-    embedding follows the head; an untied one is quantized apart, outside plans); activations are quantized inside
-    the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
+    embedding follows the head; an untied one is quantized apart, outside plans); activations
+    are quantized inside the kernel (accuracy_level 4) per block, close to fp32, so not simulated."""
 
     def weight(module, kind: str, bits: int):
         import torch
