@@ -250,6 +250,15 @@ def stable_manifest(manifest: dict) -> dict:
     return manifest
 
 
+def onnx_states(manifest: dict) -> list[dict]:
+    """What an app feeds back per state of an ONNX bundle (`io.layer_states`, every kind):
+    the past input, the present output it comes from, and the past's shape before the first
+    token (a symbolic axis, the KV sequence, is 0; a conv state is zeros of its full shape)."""
+    shapes = {i["name"]: i["shape"] for i in manifest["io"]["inputs"]}
+    return [{"past": past, "present": present, "initial_shape": [d if isinstance(d, int) else 0 for d in shapes[past]]}
+            for layer in manifest["io"]["layer_states"] for past, present in zip(layer["inputs"], layer["outputs"])]
+
+
 def _broken(manifest: dict, change) -> dict:
     manifest = copy.deepcopy(manifest)
     change(manifest)
@@ -268,6 +277,7 @@ def manifest_cases(manifests: dict[str, dict]) -> list[dict]:
             "bos_token": manifest.get("bos_token"), "eos_token": manifest.get("eos_token"),
             "stop_strings": manifest["stop_strings"], "has_chat_template": bool(manifest.get("chat_template")),
             "validation_passed": manifest["validation"].get("passed"),
+            **({"onnx_states": onnx_states(manifest)} if manifest["target"] == "onnx" else {}),
         }})
         broken = {
             "schema_version": (lambda m: m.update(schema_version=2), "schema_version 2"),

@@ -27,14 +27,20 @@ GOLDEN_FILES = ("prompts.json", "sampling.json", "stops.json", "manifests.json")
 
 @pytest.fixture(scope="session")
 def tiny_bundles(tiny_llama_dir, tmp_path_factory):
-    """One unvalidated bundle of the tiny Llama per target (about 20 s for all three)."""
-    from mobilekit import pipeline
+    """One unvalidated bundle per target of the tiny Llama and of the tiny LFM2, a hybrid whose
+    conv layers carry a conv state beside the attention layers' KV cache (about 40 s)."""
+    from mobilekit import families, pipeline
+    from mobilekit.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("app-bundles")
-    context = pipeline.make_context(None, str(tiny_llama_dir), 64)
-    return [pipeline.export(context, pipeline.ExportOptions(target=t, scheme="fp32", output=root / f"tiny-llama-{t}",
-                                                            validate=False)).path
-            for t in ("executorch", "onnx", "coreml")]
+    lfm2 = make_tiny_checkpoint(root / "lfm2-checkpoint", families.get("lfm2").tiny_config)
+    bundles = []
+    for name, folder in (("tiny-llama", tiny_llama_dir), ("tiny-lfm2", lfm2)):
+        context = pipeline.make_context(None, str(folder), 64)
+        bundles += [pipeline.export(context, pipeline.ExportOptions(target=t, scheme="fp32", output=root / f"{name}-{t}",
+                                                                    validate=False)).path
+                    for t in ("executorch", "onnx", "coreml")]
+    return bundles
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,16 @@ class GoldenManifestTest(@Suppress("unused") private val name: String, private v
             // before the first token: KV pasts empty along their sequence axis (0), any other state zeros of its shape
             assertTrue(cache.states.all { state -> state.initialShape.all { it >= 0L } })
             assertTrue(cache.states.any { state -> state.initialShape.any { it == 0L } })
+            // every state, of every kind (KV, LFM2's conv), as Python recorded it
+            val states = expected.getJSONArray("onnx_states")
+            assertEquals(states.length(), cache.states.size)
+            for (i in 0 until states.length()) {
+                val want = states.getJSONObject(i)
+                assertEquals(want.getString("past"), cache.states[i].past)
+                assertEquals(want.getString("present"), cache.states[i].present)
+                val shape = want.getJSONArray("initial_shape")
+                assertEquals(List(shape.length()) { shape.getLong(it) }, cache.states[i].initialShape.toList())
+            }
         }
         // the prompt format comes from this manifest and renders
         PromptFormatter(manifest).format(listOf(ChatMessage("user", "Hi")))
