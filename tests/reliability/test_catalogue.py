@@ -23,6 +23,7 @@ from typing import Callable
 
 import pytest
 
+from mobilekit import families
 from mobilekit.tiny import TINY_LLAMA, make_tiny_checkpoint
 
 MOBILEKIT = str(Path(sys.executable).parent / "mobilekit")
@@ -270,6 +271,25 @@ def test_broken_checkpoint(case, good_checkpoint, sentinel, tmp_path):
     assert_clean(result.returncode, result.stdout, result.stderr, case.expect,
                  [c for c in [culprit] if c] + case.names, output, sentinel)
     assert not (tmp_path / "out").exists(), "the output's parent folder, made for the export, was left behind"
+
+
+# Config errors only the newer families can make: each from a tiny checkpoint of that family.
+FAMILY_CONFIG_CASES = [
+    ("lfm2-unknown-layer-type", "lfm2", {"layer_types": ["conv", "linear_attention", "conv"]},
+     ["linear_attention", "layer_types"]),
+    ("smollm3-no-rope-layers-short", "smollm3", {"no_rope_layers": [1, 0]}, ["no_rope_layers has 2 entries"]),
+]
+
+
+@pytest.mark.parametrize("case_id, family, change, names", FAMILY_CONFIG_CASES, ids=[c[0] for c in FAMILY_CONFIG_CASES])
+def test_family_config_error(case_id, family, change, names, sentinel, tmp_path):
+    folder = make_tiny_checkpoint(tmp_path / "ckpt", families.get(family).tiny_config)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    output = tmp_path / "out" / "bundle"
+    result = mobilekit(*export_args(folder, output))
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, names, output, sentinel)
+    assert not (tmp_path / "out").exists()
 
 
 def test_pickle_with_code_is_refused_and_never_runs(good_checkpoint, sentinel, tmp_path):
