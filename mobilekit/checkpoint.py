@@ -719,24 +719,43 @@ def _cache_gguf(path: Path, folder: Path) -> None:
     if fp32_bytes > 0.45 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
         raise CheckpointError(f"{path} dequantizes to {fp32_bytes / 1e9:.1f} GB at fp32, more than this machine can "
                               "hold next to the export; pass the model's Hugging Face folder (safetensors) instead")
-    _dequantize_gguf(path, folder, hf_arch)
+    # transformers' GGUF config mapping drops attention.key_length (head_dim): a Qwen3 GGUF
+    # whose head_dim is not its config class's default would be built at the default width
+    key_length = header.metadata.get(f"{arch}.attention.key_length")
+    overrides = {"head_dim": int(key_length)} if isinstance(key_length, int) else {}
+    _dequantize_gguf(path, folder, hf_arch, overrides)
 
 
-def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str) -> None:
+def _dequantize_gguf(path: Path, folder: Path, hf_architecture: str, overrides: dict | None = None) -> None:
     """Dequantize a GGUF to an fp32 HF folder once; later runs reuse the cache."""
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            for key, value in (overrides or {}).items():
+                if hasattr(config, key):  # a config without the key derives it (Qwen2: hidden / heads)
+                    setattr(config, key, value)
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, config=config, dtype=torch.float32, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # reported below, naming the tensors
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as e:  # a damaged or unusual GGUF: the file is at fault, whatever transformers raised
             raise CheckpointError(f"{path} could not be read as a {hf_architecture} GGUF ({type(e).__name__}: "
                                   f"{first_line(e)}); re-download it, or pass the Hugging Face folder instead") from e
+        # a tensor whose shape the config does not expect is re-initialized at random, with a
+        # warning only: that would be an export of random weights
+        wrong = sorted({str(k[0] if isinstance(k, tuple) else k) for k in loading.get("mismatched_keys", [])}
+                       | set(loading.get("missing_keys", [])) - {"lm_head.weight"})
+        if wrong:
+            raise CheckpointError(f"{path} does not match the {hf_architecture} its metadata describes: "
+                                  f"{', '.join(wrong[:4])}{' …' if len(wrong) > 4 else ''} "
+                                  "have other shapes or are missing; re-download it, or pass the Hugging Face "
+                                  "folder instead")
         # A GGUF-loaded model refuses save_pretrained; write config and tensors ourselves.
         config = model.config.to_dict()
         config.pop("quantization_config", None)

@@ -330,6 +330,23 @@ def test_broken_gguf(case_id, data, culprit, sentinel, tmp_path):
     assert_clean(result.returncode, result.stdout, result.stderr, 1, ["model.gguf", culprit], output, sentinel)
 
 
+def test_gguf_whose_tensors_do_not_fit_its_metadata(sentinel, tmp_path):
+    """A Qwen3 GGUF without attention.key_length: transformers would build the default head
+    width (128), re-initialize the 32-wide attention tensors at random with a warning, and the
+    export would carry random weights. It is refused instead, naming the file and the tensors."""
+    from gguf_helpers import write_gguf
+
+    hf_folder = make_tiny_checkpoint(tmp_path / "hf", families.get("qwen3").tiny_config)
+    path = tmp_path / "model.gguf"
+    write_gguf(hf_folder, path, "qwen3", key_length=False)
+    output = tmp_path / "bundle"
+    result = mobilekit("export", "--checkpoint", str(path), "--target", "onnx", "--output", str(output),
+                       env={"MOBILEKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert_clean(result.returncode, result.stdout, result.stderr, 1,
+                 ["model.gguf", "q_proj.weight", "have other shapes", "re-download"], output, sentinel)
+    assert not list((tmp_path / "cache" / "gguf").glob("*/config.json")), "a cache entry was left behind"
+
+
 def test_the_good_checkpoint_exports_and_its_code_never_runs(good_bundle, sentinel):
     """The control: the same checkpoint, unbroken, exports (and its modeling_*.py never runs)."""
     assert (good_bundle / "model.onnx").is_file()
