@@ -226,6 +226,8 @@ class _Runner:
         self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
         self.positions = positions
         self.originals = {name: decoder.get_submodule(name).weight for g in groups for name in g.modules}
+        self.original_embedding = decoder.embed_tokens.weight
+        self.shared_embedding = fmt.embedding_follows_head and decoder.lm_head.weight is decoder.embed_tokens.weight
         self.weights = {}  # (module, bits) -> dequantized weight as the target stores it
         for g in groups:
             for name in g.modules:
@@ -243,14 +245,17 @@ class _Runner:
             self._forward_from(None, {}, record=True)
 
     def _set(self, changes: dict, fp32: bool) -> None:
-        """Every module at 4 bits, except groups in `changes` ({group: 8}); or all fp32
-        (tied embedding and head are set apart: targets quantize them apart)."""
+        """Every module at 4 bits, except groups in `changes` ({group: 8}); or all fp32. A tied
+        embedding reads the head's quantized weight where the target shares it
+        (embedding_follows_head); elsewhere the two are set apart, as targets quantize them."""
         import torch
 
         for g in self.groups.values():
             for name in g.modules:
                 weight = self.originals[name] if fp32 else self.weights[(name, changes.get(g.name, 4))]
                 self.decoder.get_submodule(name).weight = torch.nn.Parameter(weight, requires_grad=False)
+        if self.shared_embedding and not fp32:
+            self.decoder.embed_tokens.weight = self.decoder.lm_head.weight
 
     def _forward_from(self, start: int | None, changes: dict, fp32: bool = False, record: bool = False):
         import torch
@@ -284,6 +289,7 @@ class _Runner:
         finally:
             for name, weight in self.originals.items():  # as it was (tied again where it was)
                 decoder.get_submodule(name).weight = weight
+            decoder.embed_tokens.weight = self.original_embedding
             self._activation_hooks(False)
 
     def _activation_hooks(self, on: bool) -> None:
@@ -313,7 +319,9 @@ class _Runner:
     def _logp(self, changes: dict):
         import torch
 
-        layers = [self.groups[name].layer for name, bits in changes.items() if bits == 8]
+        # a head the embedding follows changes the model from its first layer on
+        layers = [None if self.shared_embedding and name == "lm_head" else self.groups[name].layer
+                  for name, bits in changes.items() if bits == 8]
         start = None if any(layer is None for layer in layers) else min(layers, default=len(self.decoder.layers))
         with torch.no_grad():
             return torch.log_softmax(self._forward_from(start, changes).double(), -1)

@@ -151,6 +151,9 @@ class WeightFormat:
     bytes_per_weight: dict
     int8_activations: bool = False
     kinds: tuple[str, ...] = ("embedding", "linear")  # what the target quantizes by plan
+    # A tied embedding is read from the lm head's quantized weight (ONNX's GatherBlockQuantized,
+    # Core ML's one const), so the head's bits are the embedding's too
+    embedding_follows_head: bool = False
     overhead_bytes_per_layer: int = 0  # the format's own, measured (program, block headers)
 
 

@@ -43,14 +43,14 @@ METADATA_SCHEME = "mobilekit.scheme"
 METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
 # {"window", "layers"} or null: the sliding-window layers masked inside the model
 METADATA_SLIDING_WINDOW = "mobilekit.sliding_window"
-COMPUTE_PRECISION = {"fp16": "float16", "fp32": "float32", "int8": "float16", "int4": "float16"}
+COMPUTE_PRECISION = {"fp16": "float16", "fp32": "float32", "int8": "float16", "int4": "float16", "auto": "float16"}
 # The ANE computes in fp16 only, so the fp16-compute schemes target it. The fp32 scheme exists
 # to be the near-exact artefact: "cpuOnly" is the one unit whose fp32 path is fp32 on every
 # device (the ANE would drop to fp16; GPU numerics differ between GPU families).
 COMPUTE_UNITS = {"fp16": "cpuAndNeuralEngine", "int8": "cpuAndNeuralEngine", "int4": "cpuAndNeuralEngine",
-                 "fp32": "cpuOnly"}
-# Weight storage the schemes promise; check_spec verifies it in the saved program.
-QUANTIZED_DTYPE = {"int8": "int8", "int4": "int4"}
+                 "auto": "cpuAndNeuralEngine", "fp32": "cpuOnly"}
+# Weight storage the schemes promise (auto: a plan's mix); check_spec verifies it in the saved program.
+QUANTIZED_DTYPES = {"int8": ("int8",), "int4": ("int4",), "auto": ("int4", "int8")}
 INT4_BLOCK_SIZE = 32
 # coremltools' default: tensors of at most this many elements (norm weights, tiny projections)
 # stay fp16 in the quantized schemes.
@@ -326,13 +326,14 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
         problems.append(f"metadata {METADATA_SLIDING_WINDOW} is {window}, expected {expected['sliding_window']}")
 
     weights = _weight_storage(program)
-    if scheme in QUANTIZED_DTYPE:
-        want = QUANTIZED_DTYPE[scheme]
-        if weights["quantized"].get(want, 0) == 0:
-            problems.append(f"scheme {scheme} but no constexpr_blockwise_shift_scale op stores {want} weights")
+    if scheme in QUANTIZED_DTYPES:
+        want = QUANTIZED_DTYPES[scheme]
+        if not any(weights["quantized"].get(dtype, 0) for dtype in want):
+            problems.append(f"scheme {scheme} but no constexpr_blockwise_shift_scale op stores {' or '.join(want)} "
+                            "weights")
         for name, count in weights["linear_weights_unquantized_large"].items():
             problems.append(f"linear weight {name} ({count} elements) is not quantized")
-        if scheme == "int4" and weights["int4_block_sizes"] - {INT4_BLOCK_SIZE}:
+        if "int4" in want and weights["int4_block_sizes"] - {INT4_BLOCK_SIZE}:
             problems.append(f"int4 block sizes {sorted(weights['int4_block_sizes'])}, expected {INT4_BLOCK_SIZE}")
     elif weights["constexpr_ops"]:
         problems.append(f"scheme {scheme} should store plain weights but has {weights['constexpr_ops']}")

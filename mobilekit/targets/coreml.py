@@ -44,18 +44,18 @@ from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UN
                                       INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
                                       METADATA_SLIDING_WINDOW, MODEL_FILE,
-                                      QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPE, SPEC_VERSION_IOS18, check_spec,
+                                      QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPES, SPEC_VERSION_IOS18, check_spec,
                                       conv_state_shape, io_contract, sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
-from mobilekit.quantize import no_quantization, quantizer
+from mobilekit.quantize import WeightFormat, no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 
 
 # --- quantization -----------------------------------------------------------------------
 
 
-def quantization_config(scheme: str, program=None):
-    """coremltools OptimizationConfig for `scheme` (int8 / int4), or None for fp16 / fp32.
+def quantization_config(scheme: str, program=None, plan: dict[str, int] | None = None):
+    """coremltools OptimizationConfig for `scheme` (int8 / int4 / auto), or None for fp16 / fp32.
 
     int8: linear_symmetric int8 per output channel, every weight above the size threshold.
     int4: linear_symmetric int4 in blocks of 32 along the input axis; embedding tables
@@ -63,8 +63,10 @@ def quantization_config(scheme: str, program=None):
     the int4 scheme promises ("embeddings 8-bit"). `program` (the MIL program) is needed
     to find them. A conv layer's taps [hidden, kernel] (above the threshold from hidden 683
     on, kernel 3): int8 quantizes them per row like any weight; int4's blocks of 32 cannot
-    split a kernel axis of 3, so coremltools leaves them fp16 (measured with hidden 1024)."""
-    if scheme not in QUANTIZED_DTYPE:
+    split a kernel axis of 3, so coremltools leaves them fp16 (measured with hidden 1024).
+    auto: `plan` (const op name -> 4 or 8) sets each planned weight's config, int4's above
+    for the rest; a tied embedding is the lm head's const, so it follows the head's bits."""
+    if scheme not in QUANTIZED_DTYPES:
         return None
     import coremltools.optimize.coreml as cto  # the target checked it is installed
 
@@ -82,18 +84,22 @@ def quantization_config(scheme: str, program=None):
     )
     # A const feeding both a gather and a linear (tied embeddings) must get one config: set
     # it on the const itself.
-    embedding_consts = {}
+    consts = {}
     if program is not None:
         for op in program.functions["main"].operations:
             if op.op_type == "gather" and op.x.op is not None and op.x.op.op_type == "const" and op.x.rank == 2:
-                embedding_consts[op.x.op.name] = int8
-    return cto.OptimizationConfig(global_config=int4, op_name_configs=embedding_consts)
+                consts[op.x.op.name] = int8
+    consts.update({name: int8 if bits == 8 else int4 for name, bits in (plan or {}).items()})
+    return cto.OptimizationConfig(global_config=int4, op_name_configs=consts)
 
 
-@quantizer("coreml", "int8", "int4")
-def quantize_weights(mlmodel, scheme: str, plan=None):
-    """The model with its weights quantized per `scheme` (coremltools.optimize)."""
-    config = quantization_config(scheme, getattr(mlmodel, "_mil_program", None))
+@quantizer("coreml", "int8", "int4", "auto")
+def quantize_weights(mlmodel, scheme: str, plan: dict[str, int] | None = None):
+    """The model with its weights quantized per `scheme` (coremltools.optimize); auto:
+    `plan` maps the program's weight consts to bits (CoreMLTarget.export builds it)."""
+    if (plan is None) == (scheme == "auto"):
+        raise ExportError(f"the Core ML quantizer for scheme {scheme!r} was given {'no ' if plan is None else 'a '}plan")
+    config = quantization_config(scheme, getattr(mlmodel, "_mil_program", None), plan)
     import coremltools.optimize.coreml as cto
 
     # An all-zero row or block (a padding token's embedding row) gets scale 0, and coremltools
@@ -103,7 +109,50 @@ def quantize_weights(mlmodel, scheme: str, plan=None):
         return cto.linear_quantize_weights(mlmodel, config)
 
 
+def coreml_weight_format():
+    """quantize.WeightFormat of quantize_weights, for --quant auto: coremltools' own
+    linear_symmetric arithmetic (compute_qparams) on the fp16 weight, int4 in blocks of 32
+    along the input axis or int8 per output channel, fp16 scales. Weight-only: activations
+    stay fp16, not simulated. Linears only, as on ONNX: a tied embedding is the head's const;
+    an untied one stays int8 per row, outside plans."""
+
+    def weight(module, kind: str, bits: int):
+        import torch
+        from coremltools.optimize._utils import compute_qparams
+
+        w = module.weight.detach().to(torch.float16).numpy()
+        rows, cols = w.shape
+        width = INT4_BLOCK_SIZE if bits == 4 else cols
+        if cols % width or w.size <= QUANTIZE_WEIGHT_THRESHOLD:  # coremltools leaves such a weight fp16
+            return torch.from_numpy(w.astype(np.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero block: scale 0, as above
+            q, scale, _ = compute_qparams(w, bits, True, "LINEAR_SYMMETRIC", None, [1, width if bits == 4 else 0])
+        deq = np.nan_to_num(q.astype(np.float32)).reshape(rows, -1, width) * scale.astype(np.float32)[..., None]
+        return torch.from_numpy(deq.reshape(rows, cols))
+
+    return WeightFormat(weight, {("linear", 4): 0.5 + 2 / INT4_BLOCK_SIZE, ("linear", 8): 1.0}, kinds=("linear",),
+                        embedding_follows_head=True)
+
+
 quantizer("coreml", "fp16", "fp32")(no_quantization)  # fp16 / fp32: the compute precision of the conversion
+
+
+def _const_plan(mlmodel, request: ExportRequest) -> dict[str, int]:
+    """--quant auto's plan (decoder module -> bits) as the converted program's weight consts
+    (const op name -> bits), found by map_weights; every planned weight must have one."""
+    from mobilekit.lowering.coreml import map_weights  # torch-level, as in export
+
+    sources, _ = map_weights(mlmodel._mil_program, request.decoder)
+    plan, missing = {}, []
+    for module, bits in request.plan.items():
+        op = sources.get(f"{module}.weight")
+        if op is None or op.op_type != "const":
+            missing.append(module)
+        else:
+            plan[op.name] = max(bits, plan.get(op.name, 0))  # a shared const takes the larger
+    if missing:
+        raise ExportError(f"--quant auto: no weight const of its own in the converted program for {', '.join(missing)}")
+    return plan
 
 
 def _dir_size(path: Path) -> int:
@@ -196,7 +245,10 @@ class CoreMLTarget(Target):
         with stage(timings, "quantize_s", request.progress,
                    f"quantizing weights ({request.scheme})" if quantizer.changes_weights else None,
                    failing=f"coremltools weight quantization ({request.scheme})"):
-            mlmodel = quantizer.apply(mlmodel, request.scheme)
+            if request.plan is None:
+                mlmodel = quantizer.apply(mlmodel, request.scheme)
+            else:
+                mlmodel = quantizer.apply(mlmodel, request.scheme, plan=_const_plan(mlmodel, request))
 
         # Weights with no const of their own cannot be read back by name: those the
         # converter folded away (a norm weight of all ones, a bias of all zeros) and those
@@ -245,6 +297,9 @@ class CoreMLTarget(Target):
                 "spec_check": spec_check,
             },
         )
+
+    def weight_format(self):
+        return coreml_weight_format()
 
     def open_session(self, bundle_dir: Path, manifest: dict):
         """macOS: the real MLModel with its state. Elsewhere: the package's MIL program run by

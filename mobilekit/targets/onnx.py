@@ -411,7 +411,7 @@ def onnx_weight_format():
 
     # overhead: SmolLM2-135M's model.onnx + .data came out 1.29 MB above the weights' bytes at two plans
     return WeightFormat(weight, {("linear", 4): 0.5 + 4 / 32, ("linear", 8): 1 + 4 / 32}, kinds=("linear",),
-                        overhead_bytes_per_layer=43_000)
+                        overhead_bytes_per_layer=43_000, embedding_follows_head=True)
 
 
 quantizer("onnx", "fp32", "fp16")(no_quantization)  # fp16 is exported in fp16 (export_onnx)

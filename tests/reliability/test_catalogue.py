@@ -380,8 +380,8 @@ OPTION_CASES = [
      1, ["--max-size 'big' is not a size"]),
     ("max-ppl-increase-negative", ["export", "smollm2-135m", "--target", "onnx", "--quant", "auto",
                                    "--max-ppl-increase", "-3"], 2, ["--max-ppl-increase -3"]),
-    ("auto-on-a-target-without-it", ["export", "smollm2-135m", "--target", "coreml", "--quant", "auto",
-                                     "--max-size", "90MB"], 1, ["does not offer quant scheme 'auto'"]),
+    ("scheme-a-target-does-not-offer", ["export", "smollm2-135m", "--target", "executorch", "--quant", "fp16"], 1,
+     ["does not offer quant scheme 'fp16'"]),
     ("info-unknown-recipe", ["info", "nope"], 1, ["Unknown recipe 'nope'"]),
     ("matrix-bad-shard", ["matrix", "--shard", "3/2", "--list"], 1, ["--shard"]),
 ]

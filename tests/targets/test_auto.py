@@ -50,14 +50,31 @@ def test_onnx_matmuls_get_the_plans_bits(auto_bundles):
     assert {name: got.get(name + "_Q4", got.get(name + "_Q8", got.get(name))) for name in wanted} == wanted
 
 
+def test_coreml_weights_get_the_plans_bits(context, auto_bundles):
+    """Each planned linear's const is stored at its plan's bits: as many int4 and int8
+    constexpr weights in the saved program as the plan has 4- and 8-bit linears above
+    coremltools' size threshold (a tied embedding is the head's const; an untied one adds
+    one int8 table)."""
+    from mobilekit.formats.coreml import MODEL_FILE, QUANTIZE_WEIGHT_THRESHOLD, _weight_storage, load_program
+
+    bundle = auto_bundles["coreml"]
+    decoder = context.checkpoint.build_decoder()
+    modules = [(module, g["bits"]) for g in bundle.manifest["quantization"]["groups"] for module in g["modules"]
+               if decoder.get_submodule(module).weight.numel() > QUANTIZE_WEIGHT_THRESHOLD]
+    tied = decoder.spec.tie_word_embeddings
+    stored = _weight_storage(load_program(bundle.path / MODEL_FILE)[0])["quantized"]
+    assert stored.get("int4", 0) == sum(bits == 4 for _, bits in modules)
+    assert stored.get("int8", 0) == sum(bits == 8 for _, bits in modules) + (0 if tied else 1)
+
+
 def test_auto_needs_a_goal_and_a_target_that_offers_it(context, tmp_path):
     with pytest.raises(ExportError, match="--quant auto needs"):
         pipeline.export(context, pipeline.ExportOptions(target="executorch", scheme="auto", output=tmp_path / "a"))
     with pytest.raises(ExportError, match="only apply to --quant auto"):
         pipeline.export(context, pipeline.ExportOptions(target="executorch", scheme="int4", output=tmp_path / "b",
                                                         goal=precision.Goal(max_size_bytes=10 ** 9)))
-    with pytest.raises(SchemeNotSupported, match="does not offer quant scheme 'auto'"):
-        targets.get("coreml").check_scheme("auto")
+    with pytest.raises(SchemeNotSupported, match="does not offer quant scheme 'fp16'"):
+        targets.get("executorch").check_scheme("fp16")
     assert not any(tmp_path.iterdir())
 
 
