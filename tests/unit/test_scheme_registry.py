@@ -26,8 +26,8 @@ def test_a_target_offers_exactly_the_schemes_it_registered():
 
 
 def test_an_unregistered_pair_is_an_error_not_a_fall_through():
-    with pytest.raises(SchemeNotSupported, match="target coreml does not offer quant scheme 'auto'"):
-        targets.get("coreml").quantizer("auto")
+    with pytest.raises(SchemeNotSupported, match="target coreml does not offer quant scheme 'int3'"):
+        targets.get("coreml").quantizer("int3")
     with pytest.raises(SchemeNotSupported, match="target executorch does not offer quant scheme 'fp16'"):
         targets.get("executorch").quantizer("fp16")
     with pytest.raises(SchemeNotSupported, match="target onnx does not offer quant scheme 'int3'. It offers: fp32, "):
