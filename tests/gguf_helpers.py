@@ -28,10 +28,10 @@ def write_gguf(hf_folder: Path, path: Path, arch: str, key_length: bool = True) 
         writer.add_uint32(f"{arch}.attention.key_length", config["head_dim"])
         writer.add_uint32(f"{arch}.attention.value_length", config["head_dim"])
 
-    vocab = json.loads((hf_folder / "tokenizer.json").read_text())["model"]
+    tokenizer = json.loads((hf_folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]
     tokens = sorted(vocab["vocab"], key=vocab["vocab"].get)
-    added = json.loads((hf_folder / "tokenizer.json").read_text())["added_tokens"]
-    by_id = {t["id"]: t["content"] for t in added}
+    by_id = {t["id"]: t["content"] for t in tokenizer["added_tokens"]}
     tokens = [by_id.get(i, tokens[i] if i < len(tokens) else f"<extra_{i}>") for i in range(config["vocab_size"])]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
