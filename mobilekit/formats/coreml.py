@@ -50,8 +50,14 @@ COMPUTE_PRECISION = {"fp16": "float16", "fp32": "float32", "int8": "float16", "i
 COMPUTE_UNITS = {"fp16": "cpuAndNeuralEngine", "int8": "cpuAndNeuralEngine", "int4": "cpuAndNeuralEngine",
                  "auto": "cpuAndNeuralEngine", "fp32": "cpuOnly"}
 # Weight storage the schemes promise (auto: a plan's mix); check_spec verifies it in the saved program.
-QUANTIZED_DTYPES = {"int8": ("int8",), "int4": ("int4",), "auto": ("int4", "int8")}
+# int4 is uint4 data with an fp16 scale and an fp16 offset per block of 32 (a float zero point:
+# output = scale * (data - offset), the grid min + scale*q of GGUF's Q4_1); int8 is symmetric.
+QUANTIZED_DTYPES = {"int8": ("int8",), "int4": ("uint4",), "auto": ("uint4", "int8")}
 INT4_BLOCK_SIZE = 32
+# The ops that read a const as a weight: linear / matmul / conv weights and gather tables. Only
+# such consts are quantized. Any other const is not a weight and stays fp16: the rotary cos/sin
+# tables, read by slice_by_index, moved every position's rotation at 4 bits (issue 21).
+WEIGHT_READERS = frozenset({"linear", "matmul", "conv", "gather"})
 # coremltools' default: tensors of at most this many elements (norm weights, tiny projections)
 # stay fp16 in the quantized schemes.
 QUANTIZE_WEIGHT_THRESHOLD = 2048
@@ -333,8 +339,10 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
                             "weights")
         for name, count in weights["linear_weights_unquantized_large"].items():
             problems.append(f"linear weight {name} ({count} elements) is not quantized")
-        if "int4" in want and weights["int4_block_sizes"] - {INT4_BLOCK_SIZE}:
+        if "uint4" in want and weights["int4_block_sizes"] - {INT4_BLOCK_SIZE}:
             problems.append(f"int4 block sizes {sorted(weights['int4_block_sizes'])}, expected {INT4_BLOCK_SIZE}")
+        for name, readers in weights["quantized_non_weights"].items():
+            problems.append(f"const {name} is quantized but is not a weight (read by {', '.join(readers)})")
     elif weights["constexpr_ops"]:
         problems.append(f"scheme {scheme} should store plain weights but has {weights['constexpr_ops']}")
     fp_want = "fp32" if scheme == "fp32" else "fp16"
@@ -360,15 +368,16 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
 
 
 def _weight_storage(program) -> dict:
-    """How the program stores its weights: quantized counts by dtype, float consts, and
-    linear weights above the threshold that were left unquantized."""
+    """How the program stores its weights: quantized counts by dtype, float consts, linear
+    weights above the threshold that were left unquantized, and quantized consts that some op
+    other than a WEIGHT_READER reads."""
     from coremltools.converters.mil.mil import types
 
     quantized: dict[str, int] = {}
     floats: dict[str, int] = {}
     constexpr: dict[str, int] = {}
     block_sizes: set[int] = set()
-    unquantized = {}
+    unquantized, non_weights = {}, {}
     for op in program.functions["main"].operations:
         if op.op_type.startswith("constexpr_"):
             constexpr[op.op_type] = constexpr.get(op.op_type, 0) + 1
@@ -377,8 +386,11 @@ def _weight_storage(program) -> dict:
                 name = types.builtin_to_string(data.dtype)
                 quantized[name] = quantized.get(name, 0) + 1
                 scale = op.inputs.get("scale")
-                if name == "int4" and scale is not None and data.rank == 2 and scale.shape[1]:
+                if name in ("int4", "uint4") and scale is not None and data.rank == 2 and scale.shape[1]:
                     block_sizes.add(data.shape[1] // scale.shape[1])
+            readers = sorted({c.op_type for c in op.outputs[0].child_ops} - WEIGHT_READERS)
+            if readers:
+                non_weights[op.name] = readers
         elif op.op_type == "const" and op.outputs[0].rank >= 1 and types.is_float(op.outputs[0].dtype):
             name = types.builtin_to_string(op.outputs[0].dtype)
             if any(not c.op_type.startswith("constexpr_") for c in op.outputs[0].child_ops):
@@ -388,7 +400,8 @@ def _weight_storage(program) -> dict:
             if w.op is not None and w.op.op_type == "const" and math.prod(w.shape) > QUANTIZE_WEIGHT_THRESHOLD:
                 unquantized[w.op.name] = math.prod(w.shape)
     return {"quantized": quantized, "float": floats, "constexpr_ops": constexpr,
-            "int4_block_sizes": block_sizes, "linear_weights_unquantized_large": unquantized}
+            "int4_block_sizes": block_sizes, "linear_weights_unquantized_large": unquantized,
+            "quantized_non_weights": non_weights}
 
 
 def mil_op_types(program) -> dict[str, int]:

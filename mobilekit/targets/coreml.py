@@ -44,7 +44,8 @@ from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UN
                                       INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
                                       METADATA_SLIDING_WINDOW, MODEL_FILE,
-                                      QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPES, SPEC_VERSION_IOS18, check_spec,
+                                      QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPES, SPEC_VERSION_IOS18, WEIGHT_READERS,
+                                      check_spec,
                                       conv_state_shape, io_contract, sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer
@@ -54,16 +55,42 @@ from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
 # --- quantization -----------------------------------------------------------------------
 
 
-def quantization_config(scheme: str, program=None, plan: dict[str, int] | None = None):
+# An int4 block's offset is -min/scale in fp16: bounded so that it stays exact to 1/32 of a
+# step (fp16 spacing below 64). Only a block whose values sit far from 0 relative to their
+# spread reaches it; its scale grows to |min|/64, a coarser grid that still spans the block.
+INT4_MAX_OFFSET = 64.0
+
+
+def int4_float_offset(w: np.ndarray, block: int = INT4_BLOCK_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data uint8 in 0..15, scale fp16, offset fp16) of `w` [rows, cols] in blocks of `block`
+    along the columns, so that w ~ scale * (data - offset): per block, the grid from its min to
+    its max in 15 steps, a float zero point. That is GGUF Q4_1's grid (min + scale * q) and
+    torchao's tinygemm zero-point domain, here in Core ML's constexpr_blockwise_shift_scale
+    form. Measured on SmolLM2-135M (issue 21): it keeps a Q4_1 checkpoint's weights to fp16
+    rounding, where a symmetric grid or an integer zero point cannot. Data and offset are
+    computed from the fp16-rounded scale so that the stored three agree."""
+    rows, cols = w.shape
+    blocks = w.astype(np.float32).reshape(rows, cols // block, block)
+    low, high = blocks.min(-1), blocks.max(-1)
+    scale = np.maximum((high - low) / 15.0, np.abs(low) / INT4_MAX_OFFSET)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float16)  # an all-zero block: any scale, offset 0
+    offset = (-low / scale.astype(np.float32)).astype(np.float16)
+    data = np.rint(blocks / scale.astype(np.float32)[..., None] + offset.astype(np.float32)[..., None])
+    return np.clip(data, 0, 15).astype(np.uint8).reshape(rows, cols), scale, offset
+
+
+def quantization_config(scheme: str, program, plan: dict[str, int] | None = None):
     """coremltools OptimizationConfig for `scheme` (int8 / int4 / auto), or None for fp16 / fp32.
 
-    int8: linear_symmetric int8 per output channel, every weight above the size threshold.
-    int4: linear_symmetric int4 in blocks of 32 along the input axis; embedding tables
-    (gather inputs, which with tied embeddings is also the lm head) stay int8 per row, as
-    the int4 scheme promises ("embeddings 8-bit"). `program` (the MIL program) is needed
-    to find them. A conv layer's taps [hidden, kernel] (above the threshold from hidden 683
-    on, kernel 3): int8 quantizes them per row like any weight; int4's blocks of 32 cannot
-    split a kernel axis of 3, so coremltools leaves them fp16 (measured with hidden 1024).
+    Only weights are quantized: consts read by a WEIGHT_READER (linear, matmul, conv, gather)
+    above the size threshold; every other const of `program` (rotary tables) is set to None.
+    int8: linear_symmetric int8 per output channel.
+    int4: uint4 in blocks of 32 along the input axis with fp16 scales and offsets
+    (int4_float_offset, applied by FloatOffsetQuantizer; the config's mode "linear" only
+    selects that path). Embedding tables too: a tied one is the lm head's const. A conv
+    layer's taps [hidden, kernel] (above the threshold from hidden 683 on, kernel 3): int8
+    quantizes them per row like any weight; int4's blocks of 32 cannot split a kernel axis of
+    3, so coremltools leaves them fp16 (measured with hidden 1024).
     auto: `plan` (const op name -> 4 or 8) sets each planned weight's config, int4's above
     for the rest; a tied embedding is the lm head's const, so it follows the head's bits."""
     if scheme not in QUANTIZED_DTYPES:
@@ -73,48 +100,74 @@ def quantization_config(scheme: str, program=None, plan: dict[str, int] | None =
     int8 = cto.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=QUANTIZE_WEIGHT_THRESHOLD
     )
-    if scheme == "int8":
-        return cto.OptimizationConfig(global_config=int8)
     int4 = cto.OpLinearQuantizerConfig(
-        mode="linear_symmetric",
-        dtype="int4",
-        granularity="per_block",
-        block_size=INT4_BLOCK_SIZE,
+        mode="linear", dtype="uint4", granularity="per_block", block_size=INT4_BLOCK_SIZE,
         weight_threshold=QUANTIZE_WEIGHT_THRESHOLD,
     )
-    # A const feeding both a gather and a linear (tied embeddings) must get one config: set
-    # it on the const itself.
-    consts = {}
-    if program is not None:
-        for op in program.functions["main"].operations:
-            if op.op_type == "gather" and op.x.op is not None and op.x.op.op_type == "const" and op.x.rank == 2:
-                consts[op.x.op.name] = int8
-    consts.update({name: int8 if bits == 8 else int4 for name, bits in (plan or {}).items()})
-    return cto.OptimizationConfig(global_config=int4, op_name_configs=consts)
+    not_weights = {
+        op.name: None
+        for op in program.functions["main"].operations
+        if op.op_type == "const" and op.outputs[0].rank >= 1
+        and {c.op_type for c in op.outputs[0].child_ops} - WEIGHT_READERS
+    }
+    planned = {name: int8 if bits == 8 else int4 for name, bits in (plan or {}).items()}
+    return cto.OptimizationConfig(global_config=int8 if scheme == "int8" else int4,
+                                  op_name_configs={**planned, **not_weights})
+
+
+def _float_offset_quantizer_class():
+    """coremltools' linear_quantize_weights pass with the uint4 blocks computed by
+    int4_float_offset: coremltools finds the weights, applies the per-op configs and writes
+    the constexpr_blockwise_shift_scale ops; only the numbers of a uint4 block differ (its
+    own LINEAR mode rounds the zero point to an integer). int8 goes through unchanged."""
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize import _utils as optimize_utils
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
+
+    class FloatOffsetQuantizer(linear_quantize_weights):
+        @classmethod
+        def blockwise_compress_by_dtype(cls, original_data, dtype, mode, block_sizes):
+            if isinstance(dtype, str):
+                dtype = types.string_to_builtin(dtype)
+            if dtype != types.uint4:
+                return super().blockwise_compress_by_dtype(original_data, dtype, mode, block_sizes)
+            blocks = list(block_sizes)
+            if original_data.ndim != 2 or sorted(blocks) != [1, INT4_BLOCK_SIZE]:
+                raise ExportError(f"int4: a weight of shape {list(original_data.shape)} in blocks {blocks}; "
+                                  f"mobilekit writes 2-D weights in blocks of {INT4_BLOCK_SIZE} along one axis only")
+            if blocks[0] == INT4_BLOCK_SIZE:  # a [in, out] const (matmul): blocks run down the columns
+                data, scale, offset = (a.T for a in int4_float_offset(original_data.T))
+            else:
+                data, scale, offset = int4_float_offset(original_data)
+            return optimize_utils.QuantParams(data=data.astype(types.nptype_from_builtin(types.uint4)),
+                                              scale=scale, offset=offset, nbits=np.uint8(4))
+
+    return FloatOffsetQuantizer
 
 
 @quantizer("coreml", "int8", "int4", "auto")
 def quantize_weights(mlmodel, scheme: str, plan: dict[str, int] | None = None):
-    """The model with its weights quantized per `scheme` (coremltools.optimize); auto:
-    `plan` maps the program's weight consts to bits (CoreMLTarget.export builds it)."""
+    """The model with its weights quantized per `scheme` (coremltools.optimize's pass, int4
+    blocks by int4_float_offset); auto: `plan` maps the program's weight consts to bits
+    (CoreMLTarget.export builds it)."""
     if (plan is None) == (scheme == "auto"):
         raise ExportError(f"the Core ML quantizer for scheme {scheme!r} was given {'no ' if plan is None else 'a '}plan")
-    config = quantization_config(scheme, getattr(mlmodel, "_mil_program", None), plan)
-    import coremltools.optimize.coreml as cto
+    from coremltools.models.utils import _apply_graph_pass
 
-    # An all-zero row or block (a padding token's embedding row) gets scale 0, and coremltools
+    config = quantization_config(scheme, mlmodel._mil_program, plan)
+    # An all-zero row (a padding token's embedding row) gets int8 scale 0, and coremltools
     # computes 0/0 for its data: numpy warns, the stored scale is 0 and the row dequantizes to
     # exactly 0, as it should.
     with np.errstate(divide="ignore", invalid="ignore"):
-        return cto.linear_quantize_weights(mlmodel, config)
+        return _apply_graph_pass(mlmodel, _float_offset_quantizer_class()(config=config))
 
 
 def coreml_weight_format():
-    """quantize.WeightFormat of quantize_weights, for --quant auto: coremltools' own
-    linear_symmetric arithmetic (compute_qparams) on the fp16 weight, int4 in blocks of 32
-    along the input axis or int8 per output channel, fp16 scales. Weight-only: activations
-    stay fp16, not simulated. Linears only, as on ONNX: a tied embedding is the head's const;
-    an untied one stays int8 per row, outside plans."""
+    """quantize.WeightFormat of quantize_weights, for --quant auto: the same arithmetic on
+    the fp16 weight, int4 by int4_float_offset or int8 by coremltools' linear_symmetric
+    (compute_qparams) per output channel. Weight-only: activations stay fp16, not simulated.
+    Linears only, as on ONNX: a tied embedding is the head's const; an untied one takes
+    the scheme's 4 bits, outside plans."""
 
     def weight(module, kind: str, bits: int):
         import torch
@@ -122,15 +175,18 @@ def coreml_weight_format():
 
         w = module.weight.detach().to(torch.float16).numpy()
         rows, cols = w.shape
-        width = INT4_BLOCK_SIZE if bits == 4 else cols
-        if cols % width or w.size <= QUANTIZE_WEIGHT_THRESHOLD:  # coremltools leaves such a weight fp16
-            return torch.from_numpy(w.astype(np.float32))
-        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero block: scale 0, as above
-            q, scale, _ = compute_qparams(w, bits, True, "LINEAR_SYMMETRIC", None, [1, width if bits == 4 else 0])
-        deq = np.nan_to_num(q.astype(np.float32)).reshape(rows, -1, width) * scale.astype(np.float32)[..., None]
-        return torch.from_numpy(deq.reshape(rows, cols))
+        if w.size <= QUANTIZE_WEIGHT_THRESHOLD or (bits == 4 and cols % INT4_BLOCK_SIZE):
+            return torch.from_numpy(w.astype(np.float32))  # coremltools leaves such a weight fp16
+        if bits == 4:
+            data, scale, offset = int4_float_offset(w)
+            deq = (data.reshape(rows, -1, INT4_BLOCK_SIZE) - offset.astype(np.float32)[..., None]) \
+                * scale.astype(np.float32)[..., None]
+            return torch.from_numpy(deq.reshape(rows, cols).astype(np.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero row: scale 0, as above
+            q, scale, _ = compute_qparams(w, 8, True, "LINEAR_SYMMETRIC", None, [1, 0])
+        return torch.from_numpy(np.nan_to_num(q.astype(np.float32)) * scale.astype(np.float32))
 
-    return WeightFormat(weight, {("linear", 4): 0.5 + 2 / INT4_BLOCK_SIZE, ("linear", 8): 1.0}, kinds=("linear",),
+    return WeightFormat(weight, {("linear", 4): 0.5 + 4 / INT4_BLOCK_SIZE, ("linear", 8): 1.0}, kinds=("linear",),
                         embedding_follows_head=True)
 
 

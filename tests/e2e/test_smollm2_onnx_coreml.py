@@ -34,14 +34,18 @@ def test_onnx_fp32_genai_greedy_equals_reference(smollm2_bundle, smollm2_context
     assert result.manifest["validation"]["stage2"]["app_runtime"]["greedy_match"] == 1.0
 
 
-def test_coreml_int4_passes_spec_and_round_trip(smollm2_bundle):
-    """int4 passes the spec check and every budget but the long continuations (it loops on
-    the plain-text prompts, README "int4 quality"): kept to be checked."""
+def test_coreml_int4_keeps_the_model(smollm2_bundle):
+    """int4 with float offsets keeps SmolLM2 within issue 21's goal on the 80 validation
+    positions (measured: ppl +4.95%, top-1 86.2%, one loop in four continuations, 85.8 MB; the
+    symmetric int4 before it: +5.9%, 73.8%, 89.5 MB). It is the recipe's Core ML default. The
+    loop allowance is at its limit, so a second loop on another machine's numpy is reported
+    but tolerated here; every other budget must hold, with room for such drift."""
     result = smollm2_bundle("coreml", "int4", keep_failed=True)
     check = coreml_target.check_spec(result.path, "int4")
     assert check["weights"]["int4_block_sizes"] == [32]
     stage2 = result.manifest["validation"]["stage2"]
     assert all(miss.startswith("degenerate_continuations") for miss in stage2["misses"]), stage2["misses"]
     assert stage2["metrics"]["garbled_continuations"] == 0
+    assert stage2["metrics"]["top1_agreement"] >= 0.8 and stage2["metrics"]["ppl_increase_pct"] <= 7
     assert result.manifest["io"]["states"][0]["name"] == "keyCache"
-    assert result.manifest["export"]["size_bytes"] < 100e6
+    assert result.manifest["export"]["size_bytes"] < 89.5e6  # no larger than the symmetric int4 was

@@ -51,10 +51,10 @@ def test_onnx_matmuls_get_the_plans_bits(auto_bundles):
 
 
 def test_coreml_weights_get_the_plans_bits(context, auto_bundles):
-    """Each planned linear's const is stored at its plan's bits: as many int4 and int8
-    constexpr weights in the saved program as the plan has 4- and 8-bit linears above
-    coremltools' size threshold (a tied embedding is the head's const; an untied one adds
-    one int8 table)."""
+    """Each planned linear's const is stored at its plan's bits: as many int4 (uint4 with
+    float offsets) and int8 constexpr weights in the saved program as the plan has 4- and
+    8-bit linears above coremltools' size threshold (a tied embedding is the head's const; an
+    untied one is outside plans and adds one 4-bit table)."""
     from mobilekit.formats.coreml import MODEL_FILE, QUANTIZE_WEIGHT_THRESHOLD, _weight_storage, load_program
 
     bundle = auto_bundles["coreml"]
@@ -63,8 +63,8 @@ def test_coreml_weights_get_the_plans_bits(context, auto_bundles):
                if decoder.get_submodule(module).weight.numel() > QUANTIZE_WEIGHT_THRESHOLD]
     tied = decoder.spec.tie_word_embeddings
     stored = _weight_storage(load_program(bundle.path / MODEL_FILE)[0])["quantized"]
-    assert stored.get("int4", 0) == sum(bits == 4 for _, bits in modules)
-    assert stored.get("int8", 0) == sum(bits == 8 for _, bits in modules) + (0 if tied else 1)
+    assert stored.get("uint4", 0) == sum(bits == 4 for _, bits in modules) + (0 if tied else 1)
+    assert stored.get("int8", 0) == sum(bits == 8 for _, bits in modules)
 
 
 def test_auto_needs_a_goal_and_a_target_that_offers_it(context, tmp_path):

@@ -136,7 +136,7 @@ def test_int4_conv_model_runs_like_its_dequantized_weights_eagerly(packages):
     near-tied argmaxes to test anything)."""
     out, artefact = packages["int4"]
     weights = artefact.extra["spec_check"]["weights"]
-    assert weights["quantized"].get("int4", 0) > 0 and weights["int4_block_sizes"] == [32]
+    assert weights["quantized"].get("uint4", 0) > 0 and weights["int4_block_sizes"] == [32]
     dequantized, _ = helpers.roundtrip_decoder(out / coreml_format.MODEL_FILE, SPEC)
     session = get("coreml").open_session(out, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "int4"})
     got = np.concatenate([stepped_logits(session, FIRST, 5), stepped_logits(session, SECOND, 3)])

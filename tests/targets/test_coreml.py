@@ -98,14 +98,44 @@ def test_fp32_states_are_still_fp16(bundles):
     assert bundles["fp32"].manifest["export"]["compute_precision"] == "float32"
 
 
-def test_int4_stores_blockwise_int4(bundles):
+def test_int4_stores_uint4_blocks_with_float_offsets(bundles):
+    from coremltools.converters.mil.mil import types
+
     result = cm.check_spec(bundles["int4"].path, "int4")
     weights = result["weights"]
     assert weights["constexpr_ops"].get("constexpr_blockwise_shift_scale", 0) > 0
-    assert weights["quantized"]["int4"] > 0
-    assert weights["quantized"]["int8"] == 1  # the embedding table stays 8-bit
+    assert set(weights["quantized"]) == {"uint4"}  # the (tied) embedding table too
     assert weights["int4_block_sizes"] == [32]
     assert "constexpr_blockwise_shift_scale" in bundles["int4"].manifest["export"]["mil_op_types"]
+    program, _ = coreml_format.load_program(_package(bundles, "int4"))
+    main = program.functions["main"].operations
+    for op in (op for op in main if op.op_type == "constexpr_blockwise_shift_scale"):
+        assert types.builtin_to_string(op.offset.dtype) == "fp16" and op.offset.shape == op.scale.shape
+    # the rotary tables are not weights: plain fp16 consts, as in the fp16 package
+    rotary = [op for op in main if op.op_type == "const" and "rope" in op.name and op.outputs[0].rank == 2]
+    assert rotary and all(types.builtin_to_string(op.outputs[0].dtype) == "fp16" for op in rotary)
+
+
+def test_int4_float_offsets_keep_a_q4_1_grid():
+    """A weight already on GGUF Q4_1's grid (d * q + m per block of 32, q in 0..15) comes back
+    to fp16 rounding; a block far from 0 keeps a bounded offset; an all-zero block stays 0."""
+    from mobilekit.targets.coreml import INT4_MAX_OFFSET, int4_float_offset
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 16, (64, 128))
+    q[:, ::32], q[:, 1::32] = 0, 15  # each block spans its grid, as Q4_1's quantizer makes it
+    d = rng.uniform(0.01, 0.05, (64, 4)).astype(np.float16).astype(np.float32)
+    m = -rng.uniform(0.1, 0.4, (64, 4)).astype(np.float16).astype(np.float32)
+    w = (np.repeat(d, 32, 1) * q + np.repeat(m, 32, 1)).astype(np.float16)
+    w[0, :32] = 0
+    w[1, :32] = 100 + np.linspace(0, 0.01, 32)  # far from 0 relative to its spread
+    data, scale, offset = int4_float_offset(w)
+    back = (data.astype(np.float32) - np.repeat(offset.astype(np.float32), 32, 1)) * np.repeat(scale.astype(np.float32), 32, 1)
+    np.testing.assert_allclose(back[2:], w[2:].astype(np.float32), atol=2e-3 * np.abs(w[2:]).max())
+    assert (data[2:] == q[2:]).mean() > 0.99
+    assert np.all(back[0, :32] == 0)
+    assert np.abs(offset.astype(np.float32)).max() <= INT4_MAX_OFFSET + 1e-3
+    assert np.abs(back[1, :32] - 100).max() < 1.0
 
 
 def test_int8_stores_per_channel_int8(bundles):
@@ -125,7 +155,7 @@ def test_quantized_packages_are_smaller(bundles):
 
 
 def test_check_spec_names_the_mismatch(bundles, tmp_path):
-    with pytest.raises(ValidationFailed, match="no constexpr_blockwise_shift_scale op stores int4"):
+    with pytest.raises(ValidationFailed, match="no constexpr_blockwise_shift_scale op stores uint4"):
         cm.check_spec(bundles["fp16"].path, "int4")
     with pytest.raises(ValidationFailed, match="output logits is float16, expected float32"):
         cm.check_spec(bundles["fp16"].path, "fp32")
@@ -134,6 +164,27 @@ def test_check_spec_names_the_mismatch(bundles, tmp_path):
                                                       "max_seq_len": MAX_SEQ_LEN, "vocab_size": 512})
     with pytest.raises(BundleError, match="does not exist"):
         cm.check_spec(tmp_path, "fp16")
+
+
+def test_check_spec_rejects_a_quantized_rotary_table(bundles, tmp_path):
+    """coremltools' own linear_quantize_weights quantizes every large const, the rotary cos/sin
+    tables too (what mobilekit's int4 did before issue 21): the spec check names them. (The
+    tiny model's tables are below the default size threshold, so every const counts here.)"""
+    import shutil
+
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    shutil.copytree(bundles["fp16"].path, tmp_path / "b")
+    package = tmp_path / "b" / coreml_format.MODEL_FILE
+    config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                         weight_threshold=1)
+    model = cto.linear_quantize_weights(ct.models.MLModel(str(package), skip_model_load=True),
+                                        cto.OptimizationConfig(global_config=config))
+    shutil.rmtree(package)
+    model.save(str(package))
+    with pytest.raises(ValidationFailed, match=r"const \S*rope\S* is quantized but is not a weight \(read by slice_by_index"):
+        cm.check_spec(tmp_path / "b", "int8")
 
 
 def test_unsupported_scheme_raises(context, tmp_path):
