@@ -177,6 +177,14 @@ class Quantizer:
     # then never exists whole at fp32.
     layerwise: bool = False
 
+    def __call__(self, model, plan: dict[str, int] | None = None):
+        """apply(model, scheme, plan=plan), after the rule every target shares: `auto` takes
+        a plan (decoder module -> bits), and no other scheme does."""
+        if (plan is None) == (self.scheme == "auto"):
+            raise ExportError(f"the {self.target} quantizer for scheme {self.scheme!r} was given "
+                              f"{'no ' if plan is None else 'a '}plan")
+        return self.apply(model, self.scheme, plan=plan)
+
     @property
     def changes_weights(self) -> bool:
         """False for the float schemes' no_quantization: the target saves what it exported."""

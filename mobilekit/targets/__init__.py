@@ -104,7 +104,7 @@ class Target:
         the scheme's quantizer works on the whole exported model. This way a 12B model never
         exists whole at fp32, nor does its 671M-entry embedding or head."""
         chosen = self.quantizer(scheme)
-        return (lambda module: chosen.apply(module, scheme)) if chosen.layerwise else None
+        return chosen if chosen.layerwise else None
 
     def export(self, request: ExportRequest) -> Artefact:
         raise NotImplementedError

@@ -150,8 +150,6 @@ def quantize_weights(mlmodel, scheme: str, plan: dict[str, int] | None = None):
     """The model with its weights quantized per `scheme` (coremltools.optimize's pass, int4
     blocks by int4_float_offset); auto: `plan` maps the program's weight consts to bits
     (CoreMLTarget.export builds it)."""
-    if (plan is None) == (scheme == "auto"):
-        raise ExportError(f"the Core ML quantizer for scheme {scheme!r} was given {'no ' if plan is None else 'a '}plan")
     from coremltools.models.utils import _apply_graph_pass
 
     config = quantization_config(scheme, mlmodel._mil_program, plan)
@@ -302,9 +300,9 @@ class CoreMLTarget(Target):
                    f"quantizing weights ({request.scheme})" if quantizer.changes_weights else None,
                    failing=f"coremltools weight quantization ({request.scheme})"):
             if request.plan is None:
-                mlmodel = quantizer.apply(mlmodel, request.scheme)
+                mlmodel = quantizer(mlmodel)
             else:
-                mlmodel = quantizer.apply(mlmodel, request.scheme, plan=_const_plan(mlmodel, request))
+                mlmodel = quantizer(mlmodel, plan=_const_plan(mlmodel, request))
 
         # Weights with no const of their own cannot be read back by name: those the
         # converter folded away (a norm weight of all ones, a bias of all zeros) and those

@@ -238,7 +238,7 @@ class ExecuTorchTarget(Target):
         timings = {}
 
         with stage(timings, "quantize_s", request.progress, f"quantizing ({request.scheme})"):
-            self.quantizer(request.scheme).apply(module, request.scheme, plan=request.plan)
+            self.quantizer(request.scheme)(module, plan=request.plan)
 
         example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         seq = Dim("seq_len", min=1, max=request.max_seq_len - 1)

@@ -39,7 +39,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from mobilekit.errors import ExportError
 from mobilekit.formats.onnx import DATA_FILE, GENAI_CONFIG, INPUT_IDS, MODEL_FILE, genai_config, io_contract
 from mobilekit.lowering import stage
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer, quantizer_for
@@ -192,7 +191,7 @@ def export_onnx(decoder: Decoder, max_seq_len: int, path: Path, scheme: str = "f
     path.parent.mkdir(parents=True, exist_ok=True)
     if chosen.changes_weights:
         with stage(timings, "quantize_s", progress, f"quantizing ({scheme})"):
-            model, facts = chosen.apply(onnx_program.model_proto, scheme, plan=plan)
+            model, facts = chosen(onnx_program.model_proto, plan=plan)
         with stage(timings, "save_s", progress, "saving model.onnx"):
             _save(model, path)
     else:  # saved straight from torch.onnx's in-memory IR, without a ModelProto copy
@@ -354,8 +353,6 @@ def quantize_model(model, scheme: str, plan: dict[str, int] | None = None):
     """
     MatMulNBitsQuantizer = _nbits_quantizer()
     facts: dict = {"scheme": scheme}
-    if (plan is None) == (scheme == "auto"):
-        raise ExportError(f"the ONNX quantizer for scheme {scheme!r} was given {'no ' if plan is None else 'a '}plan")
     bits, block = NBITS["int4" if plan is not None else scheme]
     tied = _untie_lm_head(model)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")

@@ -162,7 +162,7 @@ def test_int4_runs_the_conv_layers_like_eager_int4(target, tmp_path):
                                   out_dir=tmp_path))
     session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "scheme": "int4"})
     quantized = conv_decoder()
-    exporter.quantizer("int4").apply(quantized, "int4")
+    exporter.quantizer("int4")(quantized)
     conv_layer = quantized.layers[0].conv
     assert type(conv_layer.in_proj.weight).__name__ == type(conv_layer.out_proj.weight).__name__ == \
         "IntxUnpackedToInt8Tensor"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mobilekit import pipeline, quantize, targets
-from mobilekit.errors import EXIT_VALIDATION, SchemeNotSupported, UnknownNameError, ValidationFailed
+from mobilekit.errors import EXIT_VALIDATION, ExportError, SchemeNotSupported, UnknownNameError, ValidationFailed
 from mobilekit.runtime.eager import EagerSession
 from mobilekit.targets import Artefact, Target
 
@@ -35,6 +35,7 @@ def test_an_unregistered_pair_is_an_error_not_a_fall_through():
 
 
 def test_registering_twice_or_an_unknown_scheme_is_refused():
+    targets.get("onnx")  # its quantizers register on import: first, or this test would add one
     with pytest.raises(ValueError, match="two quantizers registered for target 'onnx', scheme 'int4'"):
         quantize.quantizer("onnx", "int4")(lambda model, scheme, plan=None: (model, {}))
     with pytest.raises(UnknownNameError, match="int3"):
@@ -48,6 +49,23 @@ def test_goal_schemes_come_with_a_weight_format():
         for scheme in quantize.GOAL_SCHEMES:
             if scheme in target.offered_schemes():
                 assert target.weight_format() is not None, f"{name} offers {scheme} without a weight_format"
+
+
+def test_auto_takes_a_plan_and_no_other_scheme_does():
+    # one rule in the registry for every target, checked before the target's code runs
+    calls = []
+    for name in targets.names():
+        targets.get(name)  # registers its quantizers
+        for scheme, plan in (("auto", None), ("int4", {"lm_head": 8})):
+            chosen = quantize.QUANTIZERS.get((name, scheme))
+            if chosen is None:
+                continue
+            probe = quantize.Quantizer(name, scheme, lambda *a, **k: calls.append(a))
+            with pytest.raises(ExportError, match=f"scheme '{scheme}' was given {'no ' if plan is None else 'a '}plan"):
+                probe(object(), plan=plan)
+            with pytest.raises(ExportError, match="plan"):
+                chosen(object(), plan=plan)
+    assert calls == []
 
 
 def test_only_layerwise_quantizers_quantize_while_loading():
