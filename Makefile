@@ -1,11 +1,11 @@
 # Two entry points for a fresh machine (each installs what it needs first):
-#   make demo   export the embedded SmolLM2-135M to ExecuTorch (its recipe's default, int8: int4 loops
-#               on long continuations of this model), validate, ask it a question and for a story
+#   make demo   export the embedded SmolLM2-135M to ExecuTorch (its recipe's default, fp32 for now:
+#               README), validate, ask it a question and for a story
 #   make test   run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_BUNDLE := out/smollm2-135m-executorch-int8
+DEMO_BUNDLE := out/smollm2-135m-executorch-fp32
 
 .PHONY: install demo test test-fast clean
 

@@ -31,7 +31,9 @@ def cfg(mode, dtype, gran, block=32):
     if gran == "per_block": kw["block_size"] = block
     return cto.OpLinearQuantizerConfig(**kw)
 
-not_weights = {} if "rope4" in sys.argv else target.quantization_config("int4", base._mil_program).op_name_configs
+from mobilekit.formats.coreml import load_program  # noqa: E402  (the package's program: a loaded MLModel has none)
+program = load_program(SRC / "model.mlpackage")[0]
+not_weights = {} if "rope4" in sys.argv else target.quantization_config("int4", program).op_name_configs
 not_weights = {k: v for k, v in not_weights.items() if v is None}  # the rotary tables
 
 
