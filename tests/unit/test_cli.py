@@ -22,7 +22,7 @@ def test_info_resolves_a_recipe():
     result = run("info", "smollm2-135m")
     assert result.exit_code == 0
     assert "HuggingFaceTB/SmolLM2-135M-Instruct@12fd25f" in result.output
-    assert "embedded" in result.output and "executorch=int8" in result.output
+    assert "embedded" in result.output and "executorch=fp32" in result.output
     assert "134.5M parameters, 30 layers, hidden 576" in result.output
 
 
