@@ -12,13 +12,13 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import click
 
-from mobilekit import bundle, chat as chat_format, interrupt, quantize, targets
+from mobilekit import bundle, chat as chat_format, interrupt, quantize, targets, terminal
 from mobilekit.errors import (EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_VALIDATION,
                               CheckpointError, MobilekitError, ResourceError, ValidationFailed)
 from mobilekit.files import cache_dir
@@ -47,9 +47,16 @@ def _module(key: str):
     return importlib.import_module(COMMAND_MODULES[key])
 
 
+# Where mobilekit's own messages go while library output is routed to a log file
+# (mobilekit.terminal): the original stderr; None means sys.stderr.
+_terminal = None
+
+
 def _console():
     from rich.console import Console
 
+    if _terminal is not None:
+        return Console(file=_terminal, log_path=False)
     return Console(stderr=True, log_path=False)
 
 
@@ -87,7 +94,17 @@ class MobilekitGroup(click.Group):
     raised again (mobilekit.interrupt)."""
 
     def invoke(self, ctx):
-        debug = ctx.params.get("debug") or os.environ.get("MOBILEKIT_DEBUG", "") not in ("", "0")
+        global _terminal
+        debug = ctx.params.get("debug") or _env_flag("MOBILEKIT_DEBUG")
+        verbose = debug or ctx.params.get("verbose") or _env_flag("MOBILEKIT_VERBOSE")
+        with nullcontext((None, None)) if verbose else terminal.library_output_to_log("mobilekit") as (stream, _log):
+            _terminal = stream
+            try:
+                return self._invoke(ctx, debug)
+            finally:
+                _terminal = None
+
+    def _invoke(self, ctx, debug: bool):
         try:
             with interrupt.handlers():
                 result = super().invoke(ctx)
@@ -102,7 +119,7 @@ class MobilekitGroup(click.Group):
             _show_traceback(debug)
             if interrupt.requested():  # a swallowed Ctrl-C that surfaced as another error
                 _exit_interrupted(interrupt.requested() == signal.SIGTERM)
-            click.secho(f"Error: {e}", fg="red", err=True)
+            click.secho(f"Error: {e}", fg="red", err=True, file=_terminal)
             sys.exit(e.exit_code)
         except Exception as e:
             _show_traceback(debug)
@@ -110,18 +127,22 @@ class MobilekitGroup(click.Group):
                 _exit_interrupted(interrupt.requested() == signal.SIGTERM)
             message = _environment_problem(e)
             if message is not None:
-                click.secho(f"Error: {message}", fg="red", err=True)
+                click.secho(f"Error: {message}", fg="red", err=True, file=_terminal)
                 sys.exit(EXIT_INPUT)
             log = _write_crash_log(e)
             click.secho(f"Internal error: mobilekit hit a bug ({type(e).__name__}: {_first_line(e)}). This is not a "
                         f"problem with your input. The traceback is in {log}; please report it with that file "
-                        "(--debug prints it).", fg="red", err=True)
+                        "(--debug prints it).", fg="red", err=True, file=_terminal)
             sys.exit(EXIT_BUG)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
 
 
 def _exit_interrupted(terminated: bool):
     click.secho(f"{'Terminated' if terminated else 'Interrupted'}: stopped before finishing; no bundle was written.",
-                fg="yellow", err=True)
+                fg="yellow", err=True, file=_terminal)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
@@ -175,8 +196,11 @@ def _own_version() -> str:
 
 @click.group(cls=MobilekitGroup)
 @click.version_option(package_name="mobilekit")
-@click.option("--debug", is_flag=True, help="Print tracebacks (also MOBILEKIT_DEBUG=1).")
-def main(debug):
+@click.option("--debug", is_flag=True, help="Print tracebacks (also MOBILEKIT_DEBUG=1); implies --verbose.")
+@click.option("--verbose", is_flag=True,
+              help="Show the libraries' own warnings and logs on the terminal (also MOBILEKIT_VERBOSE=1); "
+                   "by default they go to a log file named at the end.")
+def main(debug, verbose):
     """Export small language models to ExecuTorch, ONNX and Core ML bundles for phone apps.
 
     \b
@@ -368,7 +392,7 @@ def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokeni
                    f"export {result.manifest['export']['seconds']:.1f} s)")
         _print_validation(result.manifest["validation"])
     for name, error in failures:
-        click.secho(f"Error ({name}): {error}", fg="red", err=True)
+        click.secho(f"Error ({name}): {error}", fg="red", err=True, file=_terminal)
     if failures:
         sys.exit(EXIT_VALIDATION if all(isinstance(e, ValidationFailed) for _, e in failures) else EXIT_INPUT)
 
@@ -427,7 +451,7 @@ def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_c
         report_path.write_text(json.dumps(validation, indent=2) + "\n")
         click.echo(f"Wrote {report_path}")
     if not validation["passed"]:
-        click.secho("Error: validation failed", fg="red", err=True)
+        click.secho("Error: validation failed", fg="red", err=True, file=_terminal)
         sys.exit(EXIT_VALIDATION)
 
 
@@ -454,14 +478,14 @@ def generate(bundle_dir, prompt, max_new_tokens, chat, template_vars):
     max_new_tokens, note = chat_format.fit_to_context(
         manifest, chat_format.prompt_token_count(bundle_dir, manifest, text), max_new_tokens)
     if note:
-        click.secho(f"Note: {note}", fg="yellow", err=True)
+        click.secho(f"Note: {note}", fg="yellow", err=True, file=_terminal)
     result = target.generate(bundle_dir, manifest, text, max_new_tokens,
                              lambda piece: click.echo(piece, nl=False))
     click.echo()
     click.secho(
         f"[{result.runtime}] prompt {result.prompt_tokens} tokens, TTFT {result.time_to_first_token_s * 1000:.0f} ms, "
         f"prefill {result.prefill_tokens_per_s:.0f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s",
-        fg="cyan", err=True,
+        fg="cyan", err=True, file=_terminal,
     )
 
 
@@ -479,7 +503,7 @@ def bench(bundle_dirs, compare_eager, new_tokens, quality, as_json):
     side by side."""
     bench_lib = _module("bench")
     rows = bench_lib.run(list(bundle_dirs), compare_eager=compare_eager, new_tokens=new_tokens,
-                         on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True), quality=quality)
+                         on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True, file=_terminal), quality=quality)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -617,7 +641,7 @@ def matrix_merge(reports, output, baseline, **tolerances):
     merged, missing = mx.merge(shards)
     if missing:
         click.secho(f"Error: shard(s) {', '.join(missing)} missing: their cells are not in the report", fg="red",
-                    err=True)
+                    err=True, file=_terminal)
     _finish_matrix(merged, output, base, str(baseline) if baseline else None, tolerances,
                    failed_already=bool(missing))
 
@@ -671,14 +695,14 @@ def _finish_matrix(report: dict, output: Path, baseline: dict | None, baseline_p
     if baseline is not None:
         section = report["baseline"]
         for regression in section["regressions"]:
-            click.secho(f"  regression {regression['cell']}: {regression['detail']}", fg="red", err=True)
+            click.secho(f"  regression {regression['cell']}: {regression['detail']}", fg="red", err=True, file=_terminal)
         if section["fixed"]:
             click.echo(f"  fixed since the baseline: {', '.join(section['fixed'])}")
         if section["missing"]:
             click.echo(f"  baseline cells not in this report: {len(section['missing'])}")
         if section["regressions"]:
             click.secho(f"Error: {len(section['regressions'])} regression(s) against {baseline_path}", fg="red",
-                        err=True)
+                        err=True, file=_terminal)
             sys.exit(4)
         if failed_already:
             sys.exit(1)

@@ -343,7 +343,7 @@ def test_gguf_whose_tensors_do_not_fit_its_metadata(sentinel, tmp_path):
     result = mobilekit("export", "--checkpoint", str(path), "--target", "onnx", "--output", str(output),
                        env={"MOBILEKIT_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert_clean(result.returncode, result.stdout, result.stderr, 1,
-                 ["model.gguf", "q_proj.weight", "have other shapes", "re-download"], output, sentinel)
+                 ["model.gguf", "k_proj.weight", "have other shapes", "re-download"], output, sentinel)
     assert not list((tmp_path / "cache" / "gguf").glob("*/config.json")), "a cache entry was left behind"
 
 
