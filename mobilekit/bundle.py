@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mobilekit import interrupt
+from mobilekit import card, interrupt
 from mobilekit.errors import BundleBusy, BundleError, ResourceError
 from mobilekit.files import sha256_file
 
@@ -135,12 +135,12 @@ def _check_free_space(folder: Path, expected_bytes: int) -> None:
 
 
 def file_entries(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every file in the bundle except the manifest (folders recursed,
-    so a .mlpackage's files are listed one by one)."""
+    """sha256 and size of every file in the bundle except the manifest and the model card
+    written from it (folders recursed, so a .mlpackage's files are listed one by one)."""
     entries = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST:
+        if rel not in (MANIFEST, card.CARD):
             entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return entries
 
@@ -150,6 +150,7 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     manifest["files"] = file_entries(folder)
     manifest["size_bytes"] = sum(e["bytes"] for e in manifest["files"].values())
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    (folder / card.CARD).write_text(card.model_card(manifest))
     return manifest
 
 

@@ -39,6 +39,7 @@ COMMAND_MODULES = {
     "bench": "mobilekit.bench",
     "goldens": "mobilekit.goldens",
     "matrix": "mobilekit.matrix",
+    "hub": "mobilekit.hub",  # push
 }
 
 
@@ -453,6 +454,17 @@ def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_c
     if not validation["passed"]:
         click.secho("Error: validation failed", fg="red", err=True, file=_terminal)
         sys.exit(EXIT_VALIDATION)
+
+
+@main.command()
+@click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo as private (an existing repo keeps its visibility).")
+def push(bundle_dir, repo_id, private):
+    """Upload BUNDLE_DIR to the Hugging Face Hub model repo REPO_ID (OWNER/NAME), with its model
+    card (README.md). Checks every file's sha256 first; uses your `hf auth login` token or HF_TOKEN."""
+    url = _module("hub").push(bundle_dir, repo_id, private=private)
+    click.echo(f"Pushed {bundle_dir} to {url}")
 
 
 @main.command()

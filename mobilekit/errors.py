@@ -82,3 +82,7 @@ class ValidationFailed(MobilekitError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class HubError(MobilekitError):
+    """The Hugging Face Hub could not be reached, or refused an upload."""
