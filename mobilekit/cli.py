@@ -40,6 +40,7 @@ COMMAND_MODULES = {
     "goldens": "mobilekit.goldens",
     "matrix": "mobilekit.matrix",
     "hub": "mobilekit.hub",  # push
+    "api": "mobilekit.api",  # export (the Python API the CLI runs)
 }
 
 
@@ -355,39 +356,12 @@ def _resolved_sizes(recipe) -> dict[str, str]:
 def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, max_size,
            max_ppl_increase, validate, keep_failed):
     """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
-    pipeline = _module("pipeline")
-    recipe = _module("recipes").get(recipe_id) if recipe_id else None
-    if recipe is None and checkpoint_source is None:
-        raise click.UsageError("give RECIPE_ID, or --checkpoint PATH for a checkpoint without a recipe")
     names = targets.names() if target_name == "all" else [target_name]
-    if quant is not None:  # fail before any work if a target does not offer the scheme
-        for name in names:
-            targets.get(name).check_scheme(quant)
-    goal = None
-    if max_size is not None or max_ppl_increase is not None:
-        if quant not in quantize.GOAL_SCHEMES:
-            raise click.UsageError("--max-size and --max-ppl-increase choose --quant auto's precision; add --quant auto")
-        if max_ppl_increase is not None and not (0 < max_ppl_increase < 1000):
-            raise click.UsageError(f"--max-ppl-increase {max_ppl_increase:g} must be a percentage above 0, e.g. 5")
-        goal = quantize.Goal(quantize.parse_size(max_size) if max_size is not None else None, max_ppl_increase)
-    elif quant in quantize.GOAL_SCHEMES and not all(recipe and recipe.goal_for(name) for name in names):
-        raise click.UsageError("--quant auto needs a goal: --max-size SIZE (e.g. 110MB) or --max-ppl-increase "
-                               "PERCENT (e.g. 5); the recipe gives none for this target")
     with _progress("export") as progress:
-        context = pipeline.make_context(recipe, checkpoint_source, max_seq_len, tokenizer=tokenizer_source)
-        results, failures = [], []
-        for name in names:
-            out = (output / name) if (output and target_name == "all") else output
-            options = pipeline.ExportOptions(
-                target=name, scheme=quant, max_seq_len=max_seq_len, checkpoint=checkpoint_source,
-                output=out, validate=validate, keep_failed=keep_failed, goal=goal,
-            )
-            try:
-                results.append(pipeline.export(context, options, progress))
-            except MobilekitError as e:
-                if len(names) == 1:
-                    raise
-                failures.append((name, e))
+        results, failures = _module("api").export_each(
+            recipe_id, names, checkpoint=checkpoint_source, quant=quant, output=output, max_seq_len=max_seq_len,
+            tokenizer=tokenizer_source, max_size=max_size, max_ppl_increase=max_ppl_increase, validate=validate,
+            keep_failed=keep_failed, progress=progress)
     for result in results:
         click.echo(f"Wrote {result.path}  ({result.manifest['size_bytes'] / 1e6:.1f} MB, "
                    f"export {result.manifest['export']['seconds']:.1f} s)")
