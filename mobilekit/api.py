@@ -62,18 +62,21 @@ class Bundle:
         return pipeline.revalidate(self.path, progress, checkpoint, tokenizer, trust_remote_code)
 
     def generate(self, prompt: str, max_new_tokens: int = 128, chat: bool = True,
-                 template_vars: dict | None = None, on_text: Callable[[str], None] = _quiet) -> GenerationResult:
+                 template_vars: dict | None = None, on_text: Callable[[str], None] = _quiet,
+                 on_note: Callable[[str], None] = _quiet) -> GenerationResult:
         """A greedy reply through the runtime apps use. `chat` wraps the prompt in the bundle's
         template; `on_text` receives the text as it streams. The token budget is cut to what
-        the bundle's context leaves (see `chat.fit_to_context`)."""
+        the bundle's context leaves (`chat.fit_to_context`; `on_note` is told when it is)."""
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         bundle_io.verify_files(self.path, self.manifest, hashes=False)
         target = target_registry.of_bundle(self.path, self.manifest)
         target.check_available()
         text = chat_format.format_prompt(self.manifest, prompt, template_vars or {}) if chat else prompt
-        max_new_tokens, _note = chat_format.fit_to_context(
+        max_new_tokens, note = chat_format.fit_to_context(
             self.manifest, chat_format.prompt_token_count(self.path, self.manifest, text), max_new_tokens)
+        if note:
+            on_note(note)
         return target.generate(self.path, self.manifest, text, max_new_tokens, on_text)
 
     def bench(self, new_tokens: int = 128, quality: bool = False, on_note: Callable[[str], None] = _quiet) -> dict:

@@ -416,11 +416,11 @@ def _print_validation(validation: dict) -> None:
               help="Also write the fresh validation record as JSON to this file (the bundle itself is never changed).")
 def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_code, report_path):
     """Re-run validation of BUNDLE_DIR against its reference (read-only); exit 3 if a budget is missed."""
-    pipeline = _module("pipeline")
     if report_path is not None and not report_path.parent.is_dir():  # before the work, not after it
         raise ResourceError(f"--report {report_path}: the folder {report_path.parent} does not exist; create it first")
     with _progress("validate") as progress:
-        validation = pipeline.revalidate(bundle_dir, progress, checkpoint_source, tokenizer_source, trust_remote_code)
+        validation = _module("api").load_bundle(bundle_dir).validate(checkpoint_source, tokenizer_source,
+                                                                     trust_remote_code, progress)
     _print_validation(validation)
     if report_path is not None:
         report_path.write_text(json.dumps(validation, indent=2) + "\n")
@@ -456,17 +456,9 @@ def generate(bundle_dir, prompt, max_new_tokens, chat, template_vars):
         variables = dict(chat_format.template_variable(v) for v in template_vars)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--template-var") from None
-    manifest = bundle.read_manifest(bundle_dir)
-    bundle.verify_files(bundle_dir, manifest, hashes=False)
-    target = targets.of_bundle(bundle_dir, manifest)
-    target.check_available()
-    text = chat_format.format_prompt(manifest, prompt, variables) if chat else prompt
-    max_new_tokens, note = chat_format.fit_to_context(
-        manifest, chat_format.prompt_token_count(bundle_dir, manifest, text), max_new_tokens)
-    if note:
-        click.secho(f"Note: {note}", fg="yellow", err=True, file=_terminal)
-    result = target.generate(bundle_dir, manifest, text, max_new_tokens,
-                             lambda piece: click.echo(piece, nl=False))
+    result = _module("api").load_bundle(bundle_dir).generate(
+        prompt, max_new_tokens, chat=chat, template_vars=variables, on_text=lambda piece: click.echo(piece, nl=False),
+        on_note=lambda note: click.secho(f"Note: {note}", fg="yellow", err=True, file=_terminal))
     click.echo()
     click.secho(
         f"[{result.runtime}] prompt {result.prompt_tokens} tokens, TTFT {result.time_to_first_token_s * 1000:.0f} ms, "
