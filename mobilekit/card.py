@@ -29,6 +29,20 @@ VALIDATION_ROWS = (
 )
 
 
+# Hub license ids the recipes use; any other license is `other` with its name (the Hub's rule).
+HUB_LICENSES = {"apache-2.0", "mit", "gemma", "llama3.1", "llama3.2", "cc-by-nc-4.0", "apple-ascl", "other"}
+
+
+def _license_lines(license_text: str, base_model: str | None) -> list[str]:
+    lowered = license_text.strip().lower()
+    if lowered in HUB_LICENSES:
+        return [f"license: {_yaml_scalar(lowered)}"]
+    lines = ["license: other", f"license_name: {_yaml_scalar(lowered.replace(' ', '-'))}"]
+    if base_model:  # the license text lives with the base model
+        lines.append(f"license_link: {_yaml_scalar(f'https://huggingface.co/{base_model}')}")
+    return lines
+
+
 def _yaml_scalar(value) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar
 
@@ -40,7 +54,7 @@ def _front_matter(manifest: dict) -> str:
     tags = ["mobilekit", target, manifest.get("quant", ""), "on-device", manifest.get("family", "")]
     lines = ["---", f"library_name: {HUB_LIBRARY.get(target, target)}", "pipeline_tag: text-generation"]
     if manifest.get("license"):
-        lines.append(f"license: {_yaml_scalar(manifest['license'].lower())}")
+        lines += _license_lines(manifest["license"], base)
     if base:
         lines.append(f"base_model: {_yaml_scalar(base)}")
         if checkpoint.get("revision"):

@@ -41,6 +41,7 @@ COMMAND_MODULES = {
     "matrix": "mobilekit.matrix",
     "hub": "mobilekit.hub",  # push
     "api": "mobilekit.api",  # export (the Python API the CLI runs)
+    "doctor": "mobilekit.doctor",
 }
 
 
@@ -428,6 +429,26 @@ def validate_cmd(bundle_dir, checkpoint_source, tokenizer_source, trust_remote_c
     if not validation["passed"]:
         click.secho("Error: validation failed", fg="red", err=True, file=_terminal)
         sys.exit(EXIT_VALIDATION)
+
+
+@main.command()
+def doctor():
+    """What this machine has for mobilekit (each target's converter and runtime, the embedded
+    model, torch, memory and disk against the largest recipe) and what to install for the rest.
+    Exits 1 when something required is missing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    checks = _module("doctor").run()
+    table = Table(title="mobilekit doctor")
+    for column in ("check", "", "what is here", "to fix"):
+        table.add_column(column)
+    for check in checks:
+        mark = "[green]ok[/green]" if check.ok else ("[yellow]--[/yellow]" if check.optional else "[red]missing[/red]")
+        table.add_row(check.name, mark, check.detail, check.fix)
+    Console().print(table)
+    if not all(check.ok or check.optional for check in checks):
+        sys.exit(EXIT_INPUT)
 
 
 @main.command()

@@ -3,11 +3,15 @@ engine, typed results, errors as MobilekitError subclasses, nothing printed by m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import mobilekit
 from mobilekit.errors import EXIT_USAGE, BundleError, MobilekitError, UnknownNameError, UsageError
 from mobilekit.tiny import TINY_LLAMA, make_tiny_checkpoint
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +72,15 @@ def test_the_api_names_are_not_shadowed_by_submodules():
 
     for name in mobilekit.API:
         assert callable(getattr(mobilekit, name)) and not isinstance(getattr(mobilekit, name), type(mobilekit)), name
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, verbatim (the embedded SmolLM2 through ONNX int8), run in
+    an empty folder so its out/ lands there."""
+    text = README.read_text()
+    start = text.index("```python\nimport mobilekit\n") + len("```python\n")
+    block = text[start:text.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Python API example)", "exec"), {})
+    assert (tmp_path / "out" / "smol-onnx" / "mobilekit.json").is_file()
+    assert (tmp_path / "out" / "m" / "report.json").is_file()

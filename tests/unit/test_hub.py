@@ -67,6 +67,25 @@ def test_every_bundle_has_a_card_written_from_its_manifest(tiny_bundle):
     bundle.verify_files(tiny_bundle, manifest)  # the card is outside the hashed files
 
 
+def test_the_hubs_own_parser_reads_the_card(tiny_bundle):
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tiny_bundle / card.CARD).data
+    assert data.library_name == "onnx" and data.pipeline_tag == "text-generation"
+    assert "mobilekit" in data.tags and "fp32" in data.tags
+
+
+def test_a_license_the_hub_does_not_know_is_other_with_its_name():
+    from huggingface_hub import ModelCard
+
+    manifest = {"target": "onnx", "quant": "int4", "license": "LFM Open License v1.0",
+                "checkpoint": {"repo": "LiquidAI/LFM2-350M"}, "files": {}, "validation": {"performed": False}}
+    data = ModelCard(card.model_card(manifest)).data
+    assert data.license == "other" and data.license_name == "lfm-open-license-v1.0"
+    assert data.license_link == "https://huggingface.co/LiquidAI/LFM2-350M"
+    assert data.base_model == "LiquidAI/LFM2-350M"
+
+
 def test_front_matter_names_the_base_model_license_and_target():
     manifest = {"target": "executorch", "quant": "int4", "family": "llama", "license": "Apache-2.0",
                 "checkpoint": {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "abc123"},

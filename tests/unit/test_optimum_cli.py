@@ -31,16 +31,25 @@ def test_model_is_a_recipe_id_or_a_checkpoint():
         "--no-validate"]
 
 
-def test_optimum_cli_exports_a_validated_bundle(tmp_path):
+def test_optimum_cli_writes_the_same_validated_bundle_as_mobilekit_export(tmp_path):
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny", TINY_LLAMA)
     out = tmp_path / "bundle"
-    result = optimum_cli("--model", str(checkpoint), "--target", "onnx", "--quant", "fp32", "--max-seq-len", "64",
+    result = optimum_cli("--model", str(checkpoint), "--target", "onnx", "--quant", "int4", "--max-seq-len", "64",
                          str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "mobilekit.json").read_text())
-    assert manifest["target"] == "onnx" and manifest["quant"] == "fp32"
+    assert manifest["target"] == "onnx" and manifest["quant"] == "int4"
     assert manifest["validation"]["performed"] and manifest["validation"]["passed"]
     assert (out / "README.md").is_file()
+
+    direct = tmp_path / "direct"
+    result = subprocess.run([str(Path(sys.executable).parent / "mobilekit"), "export", "--checkpoint", str(checkpoint),
+                             "--target", "onnx", "--quant", "int4", "--max-seq-len", "64", "--output", str(direct)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    same = json.loads((direct / "mobilekit.json").read_text())
+    assert same["files"] == manifest["files"], "optimum-cli and mobilekit export wrote different files"
 
 
 def test_optimum_cli_bad_input_is_mobilekits_clean_error(tmp_path):
