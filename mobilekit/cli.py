@@ -357,6 +357,8 @@ def _resolved_sizes(recipe) -> dict[str, str]:
 def export(recipe_id, target_name, quant, max_seq_len, checkpoint_source, tokenizer_source, output, max_size,
            max_ppl_increase, validate, keep_failed):
     """Export RECIPE_ID (or --checkpoint) to a validated bundle."""
+    if recipe_id is None and checkpoint_source is None:  # said in the CLI's own terms, before any import
+        raise click.UsageError("give RECIPE_ID, or --checkpoint PATH for a checkpoint without a recipe")
     names = targets.names() if target_name == "all" else [target_name]
     with _progress("export") as progress:
         results, failures = _module("api").export_each(
