@@ -747,3 +747,42 @@ def test_killed_export_leaves_no_bundle_and_the_next_sweeps_it(good_checkpoint, 
     assert not staging.exists(), "the dead export's staging folder was not swept"
     assert not list(tmp_path.glob(".bundle*"))
     assert not sentinel.exists()
+
+
+# `mobilekit push` (issue 20): the Hub offline, unreachable or refusing is a one-line error,
+# exit 1, and the bundle is left as it was (its files still match their hashes).
+@pytest.mark.parametrize("case", ["offline", "unreachable", "refused"])
+def test_push_to_a_hub_that_cannot_take_it(case, good_bundle, sentinel):
+    import http.server
+    import threading
+
+    from mobilekit import bundle
+
+    class Refuses(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = None
+    env = {"HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    if case == "offline":
+        env = {"HF_HUB_OFFLINE": "1"}
+    elif case == "refused":
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        result = mobilekit("push", str(good_bundle), "someone/tiny", env=env)
+    finally:
+        if server is not None:
+            server.shutdown()
+    names = {"offline": ["HF_HUB_OFFLINE"], "unreachable": ["cannot reach the Hugging Face Hub", "HF_ENDPOINT"],
+             "refused": ["someone/tiny", "HTTP 401", "HF_TOKEN"]}[case]
+    assert_clean(result.returncode, result.stdout, result.stderr, 1, names, None, sentinel)
+    bundle.verify_files(good_bundle, bundle.read_manifest(good_bundle))
