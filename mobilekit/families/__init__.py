@@ -13,6 +13,7 @@ functions that compute with tensors.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import re
@@ -75,8 +76,11 @@ def register(family: Family) -> Family:
     return family
 
 
+@functools.cache
 def _registry() -> dict[str, Family]:
-    """Import every family module of the package (each registers itself on first import)."""
+    """Import every family module of the package (each registers itself on first import).
+    Once: listing the package folder on every lookup cost milliseconds each, and the config
+    parser looks families up thousands of times under the fuzz tests."""
     for module in pkgutil.iter_modules(__path__):
         if module.name.startswith("_"):
             continue

@@ -47,6 +47,7 @@ def extra_family_module(tmp_path, monkeypatch):
     families.names()  # the real families are registered before the registry is copied
     monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
     monkeypatch.setattr(families, "__path__", [*families.__path__, str(tmp_path)])
+    families._registry.cache_clear()  # the package is listed once; list it again with tmp_path
     written = []
 
     def write(stem: str, source: str) -> None:
@@ -58,6 +59,7 @@ def extra_family_module(tmp_path, monkeypatch):
         sys.modules.pop(f"mobilekit.families.{stem}", None)
         if hasattr(families, stem):
             delattr(families, stem)
+    families._registry.cache_clear()  # monkeypatch restores the real registry and path next
 
 
 def test_a_new_family_is_one_module(extra_family_module, tmp_path):
