@@ -5,6 +5,13 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under `make test` (pytest-xdist, one worker per core) each worker's runtimes get their share
+# of the cores: torch (OMP), ONNX Runtime and ExecuTorch would otherwise each start one thread
+# per core in every worker, and oversubscribed thread pools wait on each other.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    os.environ.setdefault("MOBILEKIT_THREADS", _share)
 
 import pytest  # noqa: E402
 
@@ -37,8 +44,11 @@ def export_every_scheme(tmp_path_factory):
 # `make test` runs pytest-xdist with --dist loadgroup: tests are spread one by one over the
 # workers, except those sharing an expensive session- or module-scoped fixture, which stay in
 # one worker so it is built once: the real SmolLM2 exports (tests/e2e), the Kotlin build
-# (tests/apps) and the tiny matrix run (tests/unit/test_matrix.py).
-_XDIST_GROUPS = {"e2e": "smollm2", "apps": "kotlin", "test_matrix.py": "matrix"}
+# (tests/apps) and the tiny matrix run (tests/unit/test_matrix.py). The SmolLM2 files are two
+# groups, ExecuTorch's and the rest: each pays for the reference run (~45 s) once, and the
+# two longest chains of exports run side by side instead of one after the other.
+_XDIST_GROUPS = {"test_smollm2_executorch.py": "smollm2-executorch", "e2e": "smollm2", "apps": "kotlin",
+                 "test_matrix.py": "matrix"}
 
 
 def pytest_collection_modifyitems(items):
@@ -46,6 +56,6 @@ def pytest_collection_modifyitems(items):
 
     for item in items:
         path = Path(str(item.fspath))
-        group = _XDIST_GROUPS.get(path.parent.name) or _XDIST_GROUPS.get(path.name)
+        group = _XDIST_GROUPS.get(path.name) or _XDIST_GROUPS.get(path.parent.name)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
