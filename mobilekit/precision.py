@@ -28,8 +28,7 @@ from importlib import resources
 from typing import Callable
 
 from mobilekit.errors import ExportError
-from mobilekit.modeling import rotary_tables
-from mobilekit.modeling.decoder import attention, attention_mask, select_rows, zero_conv_state
+from mobilekit.modeling.decoder import OneSequence
 from mobilekit.quantize import Goal, WeightFormat
 
 CALIBRATION_TOKENS = 256
@@ -214,17 +213,8 @@ class _Runner:
         import torch
 
         self.decoder, self.fmt, self.groups = decoder, fmt, {g.name: g for g in groups}
-        spec = decoder.spec
-        self.ids = torch.tensor([ids])
-        positions = torch.arange(len(ids))
-        masks = {w: attention_mask(positions, positions, w) for w in {spec.layer_window(i) for i in range(spec.num_layers)}}
-        self.attend = lambda i, q, k, v: attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale,
-                                                   spec.attention_softcap)
-        # conv layers (LFM2) run from a zero state: the calibration text is one sequence from position 0
-        self.convolve = lambda i, x, conv: conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
-        tables = select_rows(rotary_tables(spec, len(ids)), slice(None))
-        self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
-        self.positions = positions
+        self.sequence = OneSequence(decoder.spec, ids)
+        self.ids = self.sequence.ids
         self.originals = {name: decoder.get_submodule(name).weight for g in groups for name in g.modules}
         self.original_embedding = decoder.embed_tokens.weight
         self.shared_embedding = fmt.embedding_follows_head and decoder.lm_head.weight is decoder.embed_tokens.weight
@@ -258,34 +248,22 @@ class _Runner:
             self.decoder.embed_tokens.weight = self.decoder.lm_head.weight
 
     def _forward_from(self, start: int | None, changes: dict, fp32: bool = False, record: bool = False):
-        import torch
-
         decoder, spec = self.decoder, self.decoder.spec
         self._set(changes, fp32)
         self._activation_hooks(not fp32)
         try:
             if start is None:
-                h = decoder.embed_tokens(self.ids)
-                if spec.learned_positions:
-                    h = h + decoder.embed_positions(self.positions)
-                if spec.embedding_scale != 1.0:
-                    h = h * torch.tensor(spec.embedding_scale, dtype=h.dtype)
+                h = self.sequence.embed(decoder)
                 start = 0
             else:
                 h = self.cache[start]
             for i in range(start, spec.num_layers):
                 if record:
                     self.cache[i] = h
-                h = decoder.layers[i](i, h, self.rope.get(spec.layer_rope(i)), self.attend, self.convolve)
+                h = self.sequence.layer(decoder.layers[i], i, h)
             if record:
                 self.cache[spec.num_layers] = h
-            h = decoder.norm(h)
-            if spec.logit_divisor != 1.0:
-                h = h / spec.logit_divisor
-            logits = decoder.lm_head(h)
-            if spec.final_softcap is not None:
-                logits = torch.tanh(logits / spec.final_softcap) * spec.final_softcap
-            return logits[0]
+            return decoder.head(h)[0]
         finally:
             for name, weight in self.originals.items():  # as it was (tied again where it was)
                 decoder.get_submodule(name).weight = weight

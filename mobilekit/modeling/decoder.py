@@ -328,16 +328,27 @@ class Decoder(nn.Module):
         those tokens; positions [T] int64 (read only with learned position embeddings);
         attend / convolve keep the state of attention / conv layers (spec.layer_state)."""
         spec = self.spec
-        h = self.embed_tokens(input_ids)
+        h = self.embed(input_ids, positions)
         # once, broadcast over heads in every layer; in the activation dtype, as HF casts them
         rope = {kind: (cos.to(h.dtype).unsqueeze(1), sin.to(h.dtype).unsqueeze(1)) for kind, (cos, sin) in rope.items()}
+        for i, layer in enumerate(self.layers):
+            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve)
+        return self.head(h, last_only)
+
+    def embed(self, input_ids, positions=None):
+        """The residual stream entering layer 0."""
+        spec = self.spec
+        h = self.embed_tokens(input_ids)
         if spec.learned_positions:
             h = h + self.embed_positions(positions)
         if spec.embedding_scale != 1.0:
             # HF Gemma casts the scale to the weight dtype first (bf16: sqrt(640) -> 25.25)
             h = h * torch.tensor(spec.embedding_scale, dtype=h.dtype)
-        for i, layer in enumerate(self.layers):
-            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve)
+        return h
+
+    def head(self, h, last_only: bool = False):
+        """Logits from the last layer's residual stream."""
+        spec = self.spec
         h = self.norm(h)
         if last_only:
             h = h[:, -1, :]
@@ -392,6 +403,30 @@ def attention(q, k, v, mask, scale, softcap_value: float | None = None):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
     return out.transpose(1, 2).reshape(b, t, h * hd)
+
+
+class OneSequence:
+    """The eager forward of one sequence from position 0, a layer at a time: full causal
+    attention (each layer's window applied), conv layers from a zero state. Calibration
+    passes use it where they change or measure the decoder between layers."""
+
+    def __init__(self, spec: DecoderSpec, ids: list[int]):
+        self.spec = spec
+        self.ids = torch.tensor([ids])
+        self.positions = torch.arange(len(ids))
+        masks = {w: attention_mask(self.positions, self.positions, w)
+                 for w in {spec.layer_window(i) for i in range(spec.num_layers)}}
+        self.attend = lambda i, q, k, v: attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale,
+                                                   spec.attention_softcap)
+        self.convolve = lambda i, x, conv: conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
+        tables = select_rows(rotary_tables(spec, len(ids)), slice(None))
+        self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
+
+    def embed(self, decoder: Decoder) -> torch.Tensor:
+        return decoder.embed(self.ids, self.positions)
+
+    def layer(self, layer: DecoderLayer, i: int, h: torch.Tensor) -> torch.Tensor:
+        return layer(i, h, self.rope.get(self.spec.layer_rope(i)), self.attend, self.convolve)
 
 
 class EagerDecoder(nn.Module):
