@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,7 +34,7 @@ from torch import nn
 from mobilekit import families
 from mobilekit.checkpoint_config import check_json_file, family_of, first_line, read_config, spec_from_config
 from mobilekit.errors import CheckpointError, UnsupportedArchitectureError
-from mobilekit.memory import release_free_memory
+from mobilekit.memory import release_free_memory, total_memory
 from mobilekit.files import cache_dir, sha256_file
 from mobilekit.modeling import Decoder, DecoderSpec
 
@@ -716,7 +715,7 @@ def _cache_gguf(path: Path, folder: Path) -> None:
                               + (f"its metadata lacks {', '.join(missing)}" if missing else "it has no tensors")
                               + "; re-download it")
     fp32_bytes = header.tensor_elements * 4
-    if fp32_bytes > 0.45 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+    if fp32_bytes > 0.45 * total_memory():
         raise CheckpointError(f"{path} dequantizes to {fp32_bytes / 1e9:.1f} GB at fp32, more than this machine can "
                               "hold next to the export; pass the model's Hugging Face folder (safetensors) instead")
     # transformers' GGUF config mapping drops attention.key_length (head_dim): a Qwen3 GGUF

@@ -11,7 +11,6 @@ or disk short of the largest recipe is a warning, since every smaller recipe sti
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +20,7 @@ from mobilekit import recipes as recipe_registry, targets
 from mobilekit.checkpoint_config import spec_from_config
 from mobilekit.errors import MobilekitError
 from mobilekit.files import cache_dir
+from mobilekit.memory import total_memory
 
 TORCH_PIN = "2.13.0"  # pyproject.toml pins torch==2.13.0 (FINDINGS: what executorch 1.5.1 and torchao 0.18 need)
 REFERENCE_BYTES_PER_PARAMETER = 2 / 0.75
@@ -103,7 +103,7 @@ def resource_checks(folder: Path) -> list[Check]:
     if largest is None:
         return []
     recipe_id, parameters = largest
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = total_memory()
     need_memory = parameters * REFERENCE_BYTES_PER_PARAMETER
     free_disk = shutil.disk_usage(folder).free
     need_disk = parameters * DISK_BYTES_PER_PARAMETER

@@ -40,6 +40,7 @@ from mobilekit import __version__, recipes, targets
 from mobilekit.errors import MobilekitError
 from mobilekit.matrix_html import render_html
 from mobilekit.matrix_verdict import DEFAULT_TOLERANCES, failure_reason
+from mobilekit.memory import total_memory
 
 SCHEMA_VERSION = 1
 STATUSES = ("passed", "failed", "error", "crashed", "timeout")
@@ -263,7 +264,7 @@ def build_report(records: list[dict], mode: str, selection: dict, wall_seconds: 
         "checkpoint_mode": mode,
         "selection": selection,
         "host": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count() or 1,
-                 "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)},
+                 "memory_gb": round(total_memory() / 1e9, 1)},
         "runtime_versions": runtime_versions(),
         "wall_seconds": round(wall_seconds, 1),
         "summary": summarize(records),

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
+
+
+def total_memory() -> int:
+    """Physical memory in bytes: what exports, the doctor and the matrix report size against."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def release_free_memory() -> None:

@@ -23,6 +23,7 @@ import torch
 from mobilekit import __version__, bundle, precision, quantize, recipes, targets, validate
 from mobilekit.checkpoint import Checkpoint, resolve
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
+from mobilekit.memory import total_memory
 from mobilekit.recipes import Recipe
 from mobilekit.runtime.eager import DecoderReference, EagerSession
 
@@ -169,10 +170,6 @@ def memory_note() -> str:
     except OSError:  # not Linux: the peak alone
         return f"peak {peak_rss_mb() / 1e3:.1f} GB"
     return f"rss {resident_pages * os.sysconf('SC_PAGE_SIZE') / 1e9:.1f} GB, peak {peak_rss_mb() * 1.048576 / 1e3:.1f} GB"
-
-
-def total_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def fits_in_memory(nbytes: int, share: float = 0.45) -> bool:
