@@ -25,6 +25,10 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # convolve(layer_index, x[B,T,C], conv: CausalConv) -> out[B,T,C]: the target hands the
 # layer's stored state to `conv(x, past)` and keeps the state it returns.
 Convolve = Callable[[int, torch.Tensor, "CausalConv"], torch.Tensor]
+# recur(layer_index, q, k [B,T,Hv,dk], v [B,T,Hv,dv], g, beta [B,T,Hv]) -> out [B,T,Hv,dv]:
+# the target hands the layer's stored matrix state to `gated_delta_rule` and keeps the one
+# it returns.
+Recur = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -156,6 +160,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(heads * hd, d, bias=spec.output_bias)
+        if spec.attention_output_gate:  # Qwen3.5: the family splits these rows off q_proj
+            self.gate_proj = nn.Linear(d, heads * hd, bias=spec.qkv_bias)
         self.qk_norm_width = spec.qk_norm_width if spec.qk_norm else None
         if self.qk_norm_width == "head":
             # Gemma 3's (1 + w) norms, stored by the family as the effective scale; OpenELM's.
@@ -181,7 +187,10 @@ class Attention(nn.Module):
         if self.rotary is not None:
             cos, sin = rope
             q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
-        return self.o_proj(attend(layer_index, q, k, v))
+        out = attend(layer_index, q, k, v)
+        if hasattr(self, "gate_proj"):
+            out = out * torch.sigmoid(self.gate_proj(x))
+        return self.o_proj(out)
 
 
 class CausalConv(nn.Module):
@@ -230,8 +239,99 @@ class ShortConv(nn.Module):
 
 
 def zero_conv_state(spec: DecoderSpec, batch: int = 1, dtype=torch.float32) -> torch.Tensor:
-    """The state of a conv layer before the first token: [batch, hidden, kernel-1] zeros."""
-    return torch.zeros(batch, spec.hidden_size, spec.conv_kernel - 1, dtype=dtype)
+    """The conv state before the first token: [batch, spec.conv_channels, kernel-1] zeros."""
+    return torch.zeros(batch, spec.conv_channels, spec.conv_kernel - 1, dtype=dtype)
+
+
+def zero_recurrent_state(spec: DecoderSpec, dtype=torch.float32) -> torch.Tensor:
+    """A delta layer's matrix state before the first token: zeros of spec.recurrent_state_shape."""
+    return torch.zeros(spec.recurrent_state_shape, dtype=dtype)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last axis (transformers' and FLA's l2norm)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def gated_delta_rule(q, k, v, g, beta, state, max_len: int):
+    """The gated delta rule over T tokens at once, from `state`: the one definition of a delta
+    layer's recurrence, which every target runs (only where the state is kept differs).
+
+    q, k [B,T,H,dk] (l2-normalized, q also scaled by dk^-1/2), v [B,T,H,dv], g (log decay,
+    <= 0) and beta [B,T,H], state [B,H,dk,dv] -> (out [B,T,H,dv], state after the last token).
+    Token by token (transformers' torch_recurrent_gated_delta_rule) it is
+        S = exp(g_t) S;  S += k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t.
+    Here it is transformers' chunked form with the whole call as one chunk, so that prefill
+    is a few matmuls at any T instead of a loop a graph cannot hold. The chunked form needs
+    (I - L)^-1 for the strictly lower-triangular T x T matrix L (transformers inverts it a
+    row at a time); since L is nilpotent, (I - L)^-1 = (I + L)(I + L^2)(I + L^4)..., and
+    ceil(log2(max_len)) factors cover any T <= max_len: a fixed graph of plain matmuls that
+    every converter takes. For T = 1 every L is 0 and this is exactly the step above."""
+    t = q.shape[1]
+    q, k, v, beta, g = (x.transpose(1, 2).float() for x in (q, k, v, beta, g))  # heads first
+    positions = torch.arange(t, device=q.device)
+    lower = positions[:, None] > positions[None, :]  # strictly below the diagonal
+    causal = positions[:, None] >= positions[None, :]
+    decay = g.cumsum(-1)  # [B,H,T]: log of the decay from the call's start through token t
+    gap = decay[..., :, None] - decay[..., None, :]  # [B,H,T,T]; exp only where causal (<= 0)
+    decay_mask = torch.exp(torch.where(causal, gap, torch.full_like(gap, -torch.inf)))
+    k_beta, v_beta = k * beta[..., None], v * beta[..., None]
+    strict = torch.where(lower, -(k_beta @ k.transpose(-1, -2)) * decay_mask, torch.zeros_like(gap))
+    inverse, power = torch.eye(t, dtype=q.dtype, device=q.device) + strict, strict
+    for _ in range(max(1, math.ceil(math.log2(max(max_len, 2)))) - 1):
+        power = power @ power
+        inverse = inverse + inverse @ power
+    values = inverse @ v_beta  # [B,H,T,dv]
+    k_cumdecay = inverse @ (k_beta * decay.exp()[..., None])
+    values = values - k_cumdecay @ state
+    scores = torch.where(causal, (q @ k.transpose(-1, -2)) * decay_mask, torch.zeros_like(gap))
+    out = (q * decay.exp()[..., None]) @ state + scores @ values
+    last = decay[..., -1:]  # [B,H,1]
+    state = state * last.exp()[..., None] + (k * (last - decay).exp()[..., None]).transpose(-1, -2) @ values
+    return out.transpose(1, 2), state
+
+
+class GatedDeltaNet(nn.Module):
+    """Qwen3.5's Gated DeltaNet (transformers Qwen3_5GatedDeltaNet): q, k, v through a short
+    causal conv and silu; per value head a decay g = -exp(A_log) * softplus(a + dt_bias) and
+    a write strength beta = sigmoid(b); the gated delta rule; an RMSNorm per head gated by
+    silu(z); out_proj. Its state is the conv's (CausalConv) and the rule's matrix (Recur)."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        d = spec.hidden_size
+        self.key_heads, self.key_dim = spec.delta_key_heads, spec.delta_key_dim
+        self.value_heads, self.value_dim = spec.delta_value_heads, spec.delta_value_dim
+        values = self.value_heads * self.value_dim
+        self.in_proj_qkv = nn.Linear(d, spec.conv_channels, bias=False)
+        self.in_proj_z = nn.Linear(d, values, bias=False)
+        self.in_proj_b = nn.Linear(d, self.value_heads, bias=False)
+        self.in_proj_a = nn.Linear(d, self.value_heads, bias=False)
+        self.conv = CausalConv(spec.conv_channels, spec.conv_kernel, bias=False)
+        self.dt_bias = nn.Parameter(torch.zeros(self.value_heads))
+        self.A_log = nn.Parameter(torch.zeros(self.value_heads))
+        self.norm = RMSNorm(self.value_dim, spec.norm_eps)
+        self.out_proj = nn.Linear(values, d, bias=False)
+
+    def forward(self, layer_index, x, convolve: Convolve, recur: Recur):
+        b = x.shape[0]
+        qkv = F.silu(convolve(layer_index, self.in_proj_qkv(x), self.conv))
+        keys = self.key_heads * self.key_dim
+        q, k, v = qkv.split([keys, keys, self.value_heads * self.value_dim], dim=-1)
+        q = q.reshape(b, -1, self.key_heads, self.key_dim)
+        k = k.reshape(b, -1, self.key_heads, self.key_dim)
+        v = v.reshape(b, -1, self.value_heads, self.value_dim)
+        if self.value_heads != self.key_heads:  # value head h reads key head h // groups
+            groups = self.value_heads // self.key_heads
+            q, k = q.repeat_interleave(groups, dim=2), k.repeat_interleave(groups, dim=2)
+        q = l2_normalize(q.float()) * self.key_dim ** -0.5
+        k = l2_normalize(k.float())
+        beta = torch.sigmoid(self.in_proj_b(x)).float()
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(x).float() + self.dt_bias.float())
+        out = recur(layer_index, q, k, v.float(), g, beta).to(x.dtype)
+        z = self.in_proj_z(x).reshape(b, -1, self.value_heads, self.value_dim)
+        out = self.norm(out) * F.silu(z)
+        return self.out_proj(out.reshape(b, -1, self.value_heads * self.value_dim))
 
 
 class GatedMLP(nn.Module):
@@ -274,6 +374,8 @@ class DecoderLayer(nn.Module):
         # the token mixer, by the state the layer carries (spec.layer_state)
         if spec.layer_state(layer) == "conv":
             self.conv = ShortConv(spec)
+        elif spec.layer_state(layer) == "delta":
+            self.delta = GatedDeltaNet(spec)
         else:
             self.attention = Attention(spec, layer)
         if spec.residual != "parallel_shared_norm":
@@ -283,10 +385,13 @@ class DecoderLayer(nn.Module):
             self.attention_output_norm = make_norm(spec)
             self.mlp_output_norm = make_norm(spec)
 
-    def forward(self, layer_index, h, rope, attend: Attend, convolve: Convolve | None = None):
+    def forward(self, layer_index, h, rope, attend: Attend, convolve: Convolve | None = None,
+                recur: Recur | None = None):
         x = self.input_norm(h)
         if hasattr(self, "conv"):
             a = self.conv(layer_index, x, convolve)
+        elif hasattr(self, "delta"):
+            a = self.delta(layer_index, x, convolve, recur)
         else:
             a = self.attention(layer_index, x, rope, attend)
         if hasattr(self, "attention_output_norm"):
@@ -323,16 +428,17 @@ class Decoder(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids, rope: dict, attend: Attend, last_only: bool = False, positions=None,
-                convolve: Convolve | None = None):
+                convolve: Convolve | None = None, recur: Recur | None = None):
         """input_ids [B,T]; rope {kind: (cos, sin)} [T, rotary_width] for the positions of
         those tokens; positions [T] int64 (read only with learned position embeddings);
-        attend / convolve keep the state of attention / conv layers (spec.layer_state)."""
+        attend / convolve / recur keep the state of attention / conv / delta layers
+        (spec.layer_state)."""
         spec = self.spec
         h = self.embed(input_ids, positions)
         # once, broadcast over heads in every layer; in the activation dtype, as HF casts them
         rope = {kind: (cos.to(h.dtype).unsqueeze(1), sin.to(h.dtype).unsqueeze(1)) for kind, (cos, sin) in rope.items()}
         for i, layer in enumerate(self.layers):
-            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve)
+            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve, recur)
         return self.head(h, last_only)
 
     def embed(self, input_ids, positions=None):
@@ -419,6 +525,8 @@ class OneSequence:
         self.attend = lambda i, q, k, v: attention(q, k, v, masks[spec.layer_window(i)], spec.attention_scale,
                                                    spec.attention_softcap)
         self.convolve = lambda i, x, conv: conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
+        self.recur = lambda i, q, k, v, g, beta: gated_delta_rule(
+            q, k, v, g, beta, zero_recurrent_state(spec).expand(q.shape[0], -1, -1, -1), q.shape[1])[0]
         tables = select_rows(rotary_tables(spec, len(ids)), slice(None))
         self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
 
@@ -426,7 +534,7 @@ class OneSequence:
         return decoder.embed(self.ids, self.positions)
 
     def layer(self, layer: DecoderLayer, i: int, h: torch.Tensor) -> torch.Tensor:
-        return layer(i, h, self.rope.get(self.spec.layer_rope(i)), self.attend, self.convolve)
+        return layer(i, h, self.rope.get(self.spec.layer_rope(i)), self.attend, self.convolve, self.recur)
 
 
 class EagerDecoder(nn.Module):
@@ -447,5 +555,9 @@ class EagerDecoder(nn.Module):
         def convolve(i, x, conv):
             return conv(x, zero_conv_state(spec, x.shape[0], x.dtype))[0]
 
+        def recur(i, q, k, v, g, beta):
+            state = zero_recurrent_state(spec).expand(q.shape[0], -1, -1, -1)
+            return gated_delta_rule(q, k, v, g, beta, state, q.shape[1])[0]
+
         rope = select_rows(rotary_tables(spec, len(positions)), slice(None))
-        return self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve)
+        return self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve, recur=recur)

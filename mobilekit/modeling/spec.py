@@ -20,9 +20,11 @@ MLPS = ("gated", "plain")  # down(act(gate(x)) * up(x)) | fc_out(act(fc_in(x)))
 RESIDUALS = ("sequential", "parallel", "parallel_shared_norm")
 # What each layer is, and so the state it carries between calls (STATE_KINDS):
 # "full" / "sliding": attention over a KV cache (sliding: the window is a mask over it);
-# "conv": LFM2's gated short convolution, whose state is its last conv_kernel - 1 inputs.
-LAYER_TYPES = ("full", "sliding", "conv")
-STATE_KINDS = {"full": "kv", "sliding": "kv", "conv": "conv"}
+# "conv": LFM2's gated short convolution, whose state is its last conv_kernel - 1 inputs;
+# "delta": Qwen3.5's Gated DeltaNet (linear attention), whose state is a short conv's (over
+# q, k and v) plus one [key_dim, value_dim] matrix per value head, updated every token.
+LAYER_TYPES = ("full", "sliding", "conv", "delta")
+STATE_KINDS = {"full": "kv", "sliding": "kv", "conv": "conv", "delta": "delta"}
 # Where q/k norms apply: "head" = over head_dim, per head, after the head split (Gemma 3,
 # OpenELM); "full" = over all heads' lanes at once, before the split (open_lm).
 QK_NORM_WIDTHS = ("head", "full")
@@ -116,6 +118,15 @@ class DecoderSpec:
     # Attention layers with no rotary at all (SmolLM3's NoPE layers, every 4th): their q and
     # k go to attention as projected (and normed).
     nope_layers: tuple[int, ...] = ()
+    # Qwen3.5: q_proj also yields a per-head gate; the attention output is times sigmoid(gate).
+    attention_output_gate: bool = False
+    # "delta" layers (Qwen3.5's Gated DeltaNet): heads and head sizes of its keys (and
+    # queries) and of its values (config linear_num_key_heads, linear_key_head_dim, ...); its
+    # short conv has conv_kernel taps and no bias.
+    delta_key_heads: int = 0
+    delta_key_dim: int = 0
+    delta_value_heads: int = 0
+    delta_value_dim: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -147,6 +158,14 @@ class DecoderSpec:
                 )
             if "sliding" in self.layer_types and not self.sliding_window:
                 raise CheckpointError("layer_types has sliding layers but sliding_window is not set")
+        if self.delta_layers and (min(self.delta_key_heads, self.delta_key_dim, self.delta_value_heads,
+                                      self.delta_value_dim) < 1 or self.delta_value_heads % self.delta_key_heads):
+            raise CheckpointError(
+                "delta layers need positive delta_key_heads, delta_key_dim, delta_value_heads and delta_value_dim, "
+                f"with value heads a multiple of key heads (got {self.delta_key_heads}, {self.delta_key_dim}, "
+                f"{self.delta_value_heads}, {self.delta_value_dim})")
+        if self.delta_layers and "conv" in self.layer_types:
+            raise CheckpointError("a decoder has conv layers or delta layers, not both (their conv states differ in width)")
         if self.conv_layers and (isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int)
                                  or self.conv_kernel < 2):
             raise CheckpointError(f"conv_kernel must be a whole number of at least 2, not {self.conv_kernel!r}")
@@ -233,7 +252,7 @@ class DecoderSpec:
         return "sliding" if self.sliding_window else "full"
 
     def layer_state(self, layer: int) -> str:
-        """The kind of state `layer` carries between calls: "kv" or "conv" (STATE_KINDS)."""
+        """The kind of state `layer` carries between calls: "kv", "conv" or "delta" (STATE_KINDS)."""
         return STATE_KINDS[self.layer_type(layer)]
 
     @property
@@ -242,7 +261,27 @@ class DecoderSpec:
 
     @property
     def conv_layers(self) -> tuple[int, ...]:
-        return tuple(i for i in range(self.num_layers) if self.layer_state(i) == "conv")
+        """The layers with a conv state: LFM2's conv layers, and delta layers (whose q/k/v
+        pass a short conv first)."""
+        return tuple(i for i in range(self.num_layers) if self.layer_state(i) in ("conv", "delta"))
+
+    @property
+    def delta_layers(self) -> tuple[int, ...]:
+        """The layers with a recurrent matrix state (Gated DeltaNet)."""
+        return tuple(i for i in range(self.num_layers) if self.layer_state(i) == "delta")
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of every conv state: the hidden size (LFM2), or q, k and v side by side
+        (a delta layer's conv runs before the head split)."""
+        if self.delta_layers:
+            return 2 * self.delta_key_heads * self.delta_key_dim + self.delta_value_heads * self.delta_value_dim
+        return self.hidden_size
+
+    @property
+    def recurrent_state_shape(self) -> tuple[int, int, int, int]:
+        """[batch 1, value heads, key dim, value dim]: a delta layer's matrix state."""
+        return (1, self.delta_value_heads, self.delta_key_dim, self.delta_value_dim)
 
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of `layer`, or None for full causal attention (and conv layers)."""
@@ -298,8 +337,12 @@ class DecoderSpec:
             heads, kv, inter = self.layer_heads(i), self.layer_kv_heads(i), self.layer_intermediate(i)
             if self.layer_state(i) == "conv":  # in_proj d->3d, out_proj d->d, taps d x k (+ biases)
                 attn = 4 * d * d + d * self.conv_kernel + (3 * d + d + d) * self.conv_bias
+            elif self.layer_state(i) == "delta":  # qkv, z, b, a in; out; conv taps; dt_bias, A_log; gated norm
+                values = self.delta_value_heads * self.delta_value_dim
+                attn = (d * (self.conv_channels + values + 2 * self.delta_value_heads) + values * d
+                        + self.conv_channels * self.conv_kernel + 2 * self.delta_value_heads + self.delta_value_dim)
             else:
-                attn = d * hd * (heads * 2 + kv * 2)
+                attn = d * hd * (heads * (2 + self.attention_output_gate) + kv * 2)
                 attn += hd * (heads + 2 * kv) * self.qkv_bias + d * self.output_bias
             if self.qk_norm and self.layer_state(i) == "kv":
                 attn += per_norm * hd * (2 if self.qk_norm_width == "head" else heads + kv)

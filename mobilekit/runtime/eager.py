@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from mobilekit.modeling import Decoder, EagerDecoder, rotary_tables
-from mobilekit.modeling.decoder import attention, attention_mask, select_rows, zero_conv_state
+from mobilekit.modeling.decoder import (attention, attention_mask, gated_delta_rule, select_rows, zero_conv_state,
+                                       zero_recurrent_state)
 from mobilekit.runtime import Session
 
 
@@ -20,6 +21,7 @@ class EagerSession(Session):
         self._k: list[torch.Tensor | None] = []
         self._v: list[torch.Tensor | None] = []
         self._conv: list[torch.Tensor | None] = []  # conv layers' states (spec.conv_layers)
+        self._recurrent: list[torch.Tensor | None] = []  # delta layers' matrix states
         if runtime:
             self.runtime = runtime
 
@@ -28,6 +30,7 @@ class EagerSession(Session):
         self._k = [None] * self.decoder.spec.num_layers
         self._v = [None] * self.decoder.spec.num_layers
         self._conv = [None] * self.decoder.spec.num_layers
+        self._recurrent = [None] * self.decoder.spec.num_layers
 
     @torch.no_grad()
     def _run(self, tokens):
@@ -52,9 +55,15 @@ class EagerSession(Session):
             out, self._conv[i] = conv(x, past)
             return out
 
+        def recur(i, q, k, v, g, beta):
+            past = self._recurrent[i] if self._recurrent[i] is not None else zero_recurrent_state(spec)
+            out, self._recurrent[i] = gated_delta_rule(q, k, v, g, beta, past, self.max_seq_len)
+            return out
+
         ids = torch.tensor([tokens], dtype=torch.long)
         rope = select_rows(self.rope, slice(start, total))
-        logits = self.decoder(ids, rope, attend, last_only=True, positions=positions, convolve=convolve)
+        logits = self.decoder(ids, rope, attend, last_only=True, positions=positions, convolve=convolve,
+                              recur=recur)
         return logits[0].float().numpy()
 
 
