@@ -23,6 +23,10 @@ def conv_state_buffer(layer: int) -> str:
     return f"conv_state_{layer}"
 
 
+def recurrent_state_buffer(layer: int) -> str:
+    return f"recurrent_state_{layer}"
+
+
 def constant_methods(max_seq_len: int, vocab_size: int, num_layers: int, bos_id: int | None,
                      eos_ids: list[int]) -> dict:
     """The constant methods ExecuTorch's TextLLMRunner reads (bos -1 = none)."""

@@ -14,11 +14,12 @@ import contextlib
 import torch
 from torch import nn
 
-from mobilekit.formats.executorch import conv_state_buffer, kv_cache_buffers
+from mobilekit.formats.executorch import conv_state_buffer, kv_cache_buffers, recurrent_state_buffer
 from mobilekit.lowering import replace_modules, spell_out_tanh_gelu
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.modeling.decoder import (LayerNorm, RMSNorm, Rotary, additive_mask, attention_mask,
-                                       rotary_attention_factor, rotary_inv_freq, softcap, zero_conv_state)
+                                       gated_delta_rule, rotary_attention_factor, rotary_inv_freq, softcap,
+                                       zero_conv_state, zero_recurrent_state)
 
 
 class LinearMeanRMSNorm(nn.Module):
@@ -100,11 +101,11 @@ def attention_plan(spec: DecoderSpec) -> list[str]:
     "custom_sdpa": llama::custom_sdpa, causal from start_pos (the fast path);
     "custom_sdpa_masked": llama::custom_sdpa with the layer's sliding-window mask;
     "explicit": matmul, softcap, mask, softmax, matmul (custom_sdpa has no softcap);
-    "conv": not attention: a conv layer (its state is a buffer of its own)."""
+    "conv" / "delta": not attention: a conv or delta layer (its states are buffers of its own)."""
     plan = []
     for i in range(spec.num_layers):
-        if spec.layer_state(i) == "conv":
-            plan.append("conv")
+        if spec.layer_state(i) in ("conv", "delta"):
+            plan.append(spec.layer_state(i))
         elif spec.attention_softcap is not None:
             plan.append("explicit")
         elif spec.layer_window(i) is not None:
@@ -135,7 +136,8 @@ def explicit_attention(q, k_cache, v_cache, mask, scale: float, cap: float | Non
 class ExecuTorchDecoder(nn.Module):
     """The decoder with its state in mutable buffers: each attention layer's KV cache in
     ExecuTorch's custom-op layout [1, max_seq_len, kv_heads, head_dim], each conv layer's
-    state [1, hidden, kernel-1] (modeling.decoder.CausalConv). The cache is full-length in
+    state [1, channels, kernel-1] (modeling.decoder.CausalConv), each delta layer's conv
+    state and recurrent matrix [1, value heads, key dim, value dim] (gated_delta_rule). The cache is full-length in
     every attention layer: sliding windows are applied as masks, exact at any context but no
     smaller in memory."""
 
@@ -168,6 +170,8 @@ class ExecuTorchDecoder(nn.Module):
                 self.register_buffer(name, torch.zeros(shape), persistent=False)
         for i in spec.conv_layers:
             self.register_buffer(conv_state_buffer(i), zero_conv_state(spec), persistent=False)
+        for i in spec.delta_layers:
+            self.register_buffer(recurrent_state_buffer(i), zero_recurrent_state(spec), persistent=False)
 
     def _rope(self, positions: torch.Tensor) -> dict:
         rope = {}
@@ -224,6 +228,13 @@ class ExecuTorchDecoder(nn.Module):
             state.copy_(present)
             return out
 
+        def recur(i, q, k, v, g, beta):
+            state = getattr(self, recurrent_state_buffer(i))
+            past = torch.where(continuing, state, torch.zeros_like(state))
+            out, present = gated_delta_rule(q, k, v, g, beta, past, self.max_seq_len)
+            state.copy_(present)
+            return out
+
         def attend(i, q, k, v):
             k_cache, v_cache = (getattr(self, name) for name in kv_cache_buffers(i))
             torch.ops.llama.update_cache(k, k_cache, start)
@@ -238,7 +249,8 @@ class ExecuTorchDecoder(nn.Module):
                 out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True, scale)
             return out.reshape(q.shape[0], -1, q.shape[2] * q.shape[3])
 
-        return self.decoder(tokens, rope, attend, last_only=True, positions=positions, convolve=convolve)
+        return self.decoder(tokens, rope, attend, last_only=True, positions=positions, convolve=convolve,
+                            recur=recur)
 
 
 # XNNPACK preprocesses every partition with 17 graph passes, each re-tracing the whole

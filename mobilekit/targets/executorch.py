@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from mobilekit.formats import layer_states
 from mobilekit.formats.executorch import (FORWARD_METHOD, INPUT_POS, LOGITS, MODEL_FILE, TOKENIZER_FILE, TOKENS,
-                                          constant_methods as runner_constant_methods, conv_state_buffer,
+                                          constant_methods as runner_constant_methods, conv_state_buffer, recurrent_state_buffer,
                                           kv_cache_buffers)
 from mobilekit.lowering import stage
 from mobilekit.memory import release_free_memory
@@ -68,7 +68,8 @@ def states_in_buffers(spec: DecoderSpec) -> list[dict]:
     states = layer_states(spec)
     for state in states:
         i = state["layer"]
-        state["buffers"] = [conv_state_buffer(i)] if state["kind"] == "conv" else list(kv_cache_buffers(i))
+        state["buffers"] = {"conv": [conv_state_buffer(i)], "delta": [conv_state_buffer(i), recurrent_state_buffer(i)],
+                            "kv": list(kv_cache_buffers(i))}[state["kind"]]
     return states
 
 

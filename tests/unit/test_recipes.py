@@ -143,6 +143,10 @@ EXPECTED_PARAMETERS = {
     "smollm3-3b": 3.08e9,  # the SmolLM3 model card's "3B" (3.08B)
     "phi-4-mini-instruct": 3.836e9,
     "olmo2-1b-instruct": 1.485e9,  # the OLMo 2 1B model card's 1.5B  # 3,836,021,760, counted from its safetensors headers by a public test
+    # the language model only (the cards' 0.8B / 2B count the vision tower too): transformers'
+    # Qwen3_5ForCausalLM built at the pinned text_config on the meta device, counted
+    "qwen3.5-0.8b": 0.752e9,
+    "qwen3.5-2b": 1.882e9,
 }
 
 
