@@ -75,6 +75,8 @@ def _quality(folder: Path, manifest: dict, on_note: Callable[[str], None]) -> di
         "ppl_increase_pct": metrics.ppl_increase_pct, "top1_agreement": metrics.top1_agreement,
         "greedy_match": metrics.greedy_match, "degenerate_continuations": metrics.degenerate_continuations,
         "continuations": {name: c.get("artefact") for name, c in continuations.items()},
+        "degenerate_answers": metrics.degenerate_answers,
+        "answers": {name: g["answer"] for name, g in metrics.greedy_tokens.items() if "answer" in g},
     }
 
 
@@ -94,12 +96,13 @@ def print_table(rows: list[dict]) -> None:
     with_quality = any("quality" in r for r in rows)
     for col in ("bundle", "runtime", "prompt tok", "new tok", "TTFT ms", "prefill tok/s",
                 "decode tok/s", "× eager", "peak RSS MB", "size MB",
-                *(("ppl Δ", "top-1", "degenerate") if with_quality else ())):
+                *(("ppl Δ", "top-1", "degenerate", "bad answers") if with_quality else ())):
         table.add_column(col)
     for r in rows:
         q = r.get("quality")
         quality_cells = (f"{q['ppl_increase_pct']:+.1f}%", f"{q['top1_agreement']:.1%}",
-                         f"{q['degenerate_continuations']}/{len(q['continuations'])}") if q else ("", "", "")
+                         f"{q['degenerate_continuations']}/{len(q['continuations'])}",
+                         f"{q['degenerate_answers']}/{len(q['answers'])}") if q else ("", "", "", "")
         table.add_row(
             r["name"], r["runtime"], str(r["prompt_tokens"]), str(r["generated_tokens"]),
             f"{r['time_to_first_token_s'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}",

@@ -26,6 +26,7 @@ VALIDATION_ROWS = (
     ("ppl_increase_pct", "perplexity increase", "{:+.2f}%", "max_ppl_increase_pct", "max"),
     ("degenerate_continuations", "looping continuations (of 4)", "{}", "max_degenerate_continuations", "max"),
     ("garbled_continuations", "garbled continuations", "{}", "max_garbled_continuations", "max"),
+    ("degenerate_answers", "degenerate chat answers", "{}", "max_degenerate_answers", "max"),
 )
 
 

@@ -32,6 +32,10 @@ class Budget:
     # not (README "Validation"), so one loop of the four is allowed, two fail.
     max_degenerate_continuations: int | None = 1
     max_garbled_continuations: int | None = 0
+    # Short chat answers that degenerate where the reference answers in a sentence: a chat
+    # answer is the first thing an app shows, and not chance-prone the way a 128-token story
+    # is (the reference's answers end within GREEDY_TOKENS), so none is allowed.
+    max_degenerate_answers: int | None = 0
 
     def with_overrides(self, overrides: dict) -> "Budget":
         names = {f.name for f in fields(self)}

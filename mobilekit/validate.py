@@ -12,6 +12,11 @@ Measurements:
   cosine, top-1 agreement, and perplexity (increase vs reference, %);
   greedy continuation of each fixed prompt -> fraction of the reference's tokens matched
   before the first divergence (the minimum over prompts);
+  short chat answers (the fixed chat prompts whose reference answers and stops, "The capital
+  of France is Paris.") -> the artefact's answer, run on to its stop token or ANSWER_TOKENS,
+  must not degenerate. A quantized model may word its answer differently, but one that
+  answers a question with a loop ("L'Étoile, la femme, la femme, ...") is broken however
+  close its logits are on the bundled text;
   long greedy continuations (CONTINUATION_TOKENS, two chat and two plain story prompts, the
   whole prompt prefilled in one call as apps do) -> degeneration: repeated token n-grams
   and non-words. A model departs from its reference within a few tokens at 4 bits, so the
@@ -36,6 +41,7 @@ from mobilekit.tiny import RANDOM_WEIGHTS
 EVAL_TOKENS = 96
 PREFILL_TOKENS = 16
 GREEDY_TOKENS = 32
+ANSWER_TOKENS = 64
 CONTINUATION_TOKENS = 128
 
 
@@ -52,6 +58,9 @@ class Reference:
     continuations: dict[str, list[int]] = field(default_factory=dict)
     stops: frozenset = frozenset()
     decode: Callable[[list[int]], str] | None = None
+    # prompts whose reference answer is text that ends in a stop token: the artefact's answer
+    # to them is judged for degeneration (empty for random-weight tiny models)
+    answered: frozenset = frozenset()
 
 
 def eval_text() -> str:
@@ -114,8 +123,13 @@ def compute_reference(model, tokenizer, max_seq_len: int, greedy_tokens: int = G
         long_prompts = {}
     continuations = {name: _reference_greedy(model, ids, min(CONTINUATION_TOKENS, max_seq_len - len(ids)), stops)
                      for name, ids in long_prompts.items()}
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    answered = frozenset(
+        name for name, ids in greedy.items()
+        if name.startswith("chat") and not model.config.to_dict().get(RANDOM_WEIGHTS)
+        and ids and ids[-1] in stops and not degeneration(ids[:-1], decode(ids[:-1]))["degenerate"])
     return Reference(eval_ids, logits, prompts, greedy, long_prompts, continuations, frozenset(stops),
-                     lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+                     decode, answered)
 
 
 def _reference_greedy(model, ids: list[int], n: int, stops: set[int]) -> list[int]:
@@ -142,6 +156,8 @@ class Metrics:
     # all of them (loops or non-words), and those with non-words
     degenerate_continuations: int = 0
     garbled_continuations: int = 0
+    # short chat answers (Reference.answered) that degenerate
+    degenerate_answers: int = 0
     greedy_tokens: dict = field(default_factory=dict)  # name -> {"reference": [...], "artefact": [...]}
     continuations: dict = field(default_factory=dict)  # name -> texts and degeneration of both
 
@@ -165,8 +181,15 @@ def measure(session, reference: Reference, continuations: bool = True) -> Metric
     greedy, matches = {}, []
     for name, prompt in reference.prompts.items():
         expected = reference.greedy[name]
-        produced = session.greedy(prompt, len(expected), stop_ids=set())
+        if name in reference.answered:  # run the answer on to its end, wherever that is
+            produced = session.greedy(prompt, max(ANSWER_TOKENS, len(expected)), stop_ids=set(reference.stops))
+        else:
+            produced = session.greedy(prompt, len(expected), stop_ids=set())
         greedy[name] = {"reference": expected, "artefact": produced}
+        if name in reference.answered:
+            answer = [t for t in produced if t not in reference.stops]
+            greedy[name]["answer"] = {"text": reference.decode(answer), "stopped": bool(produced) and produced[-1] in reference.stops,
+                                      **degeneration(answer, reference.decode(answer))}
         matches.append(_common_prefix(expected, produced) / max(len(expected), 1))
     continuations = measure_continuations(session, reference) if continuations else {}
 
@@ -182,6 +205,7 @@ def measure(session, reference: Reference, continuations: bool = True) -> Metric
         positions=len(targets),
         degenerate_continuations=sum(c.get("degenerate", False) for c in continuations.values()),
         garbled_continuations=sum(c.get("garbled", False) for c in continuations.values()),
+        degenerate_answers=sum(g.get("answer", {}).get("degenerate", False) for g in greedy.values()),
         greedy_tokens=greedy,
         continuations=continuations,
     )
@@ -259,6 +283,7 @@ _CHECKS = {
     "ppl_increase_pct": ("max_ppl_increase_pct", "max"),
     "degenerate_continuations": ("max_degenerate_continuations", "max"),
     "garbled_continuations": ("max_garbled_continuations", "max"),
+    "degenerate_answers": ("max_degenerate_answers", "max"),
 }
 
 

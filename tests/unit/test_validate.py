@@ -81,3 +81,26 @@ def test_continuations_are_gated_only_where_the_reference_is_text():
     assert validate.measure_continuations(looping, ref)["chat0"] == {
         "reference_text": decode([40, 41, 42, 43] * 10), "reference": validate.degeneration(
             [40, 41, 42, 43] * 10, decode([40, 41, 42, 43] * 10)), "gated": False}
+
+
+def test_a_short_chat_answer_is_run_to_its_end_and_must_not_degenerate():
+    # The reference answers in six tokens and stops (49). An int8 .pte once answered "What is
+    # the capital of France?" with "L'Étoile, la Marseillaise, la femme, la femme, ...": a
+    # greedy match over the reference's six tokens could not see the loop that followed.
+    text = {i: w for i, w in enumerate(STORY.split())}
+    decode = lambda ids: " ".join(text.get(i, "it_was_x") for i in ids)  # noqa: E731
+    ref = reference()
+    ref.prompts, ref.greedy, ref.stops, ref.decode = {"chat0": [1, 2]}, {"chat0": [0, 1, 2, 3, 4, 49]}, frozenset({49}), decode
+    ref.answered = frozenset({"chat0"})
+    answers = validate.measure(ScriptedSession([0, 1, 2, 3, 4, 49]), ref, continuations=False)
+    assert answers.degenerate_answers == 0 and answers.greedy_match == 1.0
+    assert answers.greedy_tokens["chat0"]["answer"]["stopped"]
+    looping = ScriptedSession([5, 6, 7, 8] * 20)
+    loop = validate.measure(looping, ref, continuations=False)
+    assert loop.degenerate_answers == 1 and len(loop.greedy_tokens["chat0"]["artefact"]) == validate.ANSWER_TOKENS
+    assert not loop.greedy_tokens["chat0"]["answer"]["stopped"]
+    assert any(m.startswith("degenerate_answers = 1 exceeds") for m in validate.check(loop, quantize.INT8_BUDGET))
+    # a prompt the reference does not answer and end (a random-weight model) is compared as before
+    ref.answered = frozenset()
+    unjudged = validate.measure(looping, ref, continuations=False)
+    assert unjudged.degenerate_answers == 0 and len(unjudged.greedy_tokens["chat0"]["artefact"]) == 6
