@@ -102,7 +102,7 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
 
 
 # delta, attention, delta: both state kinds; 2 key heads feeding 4 value heads; head_dim 32
-# (not hidden / heads); partial rotary 0.25 with its mrope sections; untied head.
+# (not hidden / heads); partial rotary 0.25 with its mrope sections; untied head (the recipes tie it).
 TINY_CONFIG = {
     **TINY_SHAPE, "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text",
     "num_key_value_heads": 2, "head_dim": 32, "rms_norm_eps": 1e-6, "hidden_act": "silu",

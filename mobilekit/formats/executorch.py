@@ -28,10 +28,12 @@ def recurrent_state_buffer(layer: int) -> str:
 
 
 def constant_methods(max_seq_len: int, vocab_size: int, num_layers: int, bos_id: int | None,
-                     eos_ids: list[int]) -> dict:
-    """The constant methods ExecuTorch's TextLLMRunner reads (bos -1 = none)."""
+                     eos_ids: list[int], max_call_tokens: int | None = None) -> dict:
+    """The constant methods ExecuTorch's TextLLMRunner reads (bos -1 = none). Its
+    get_max_seq_len is the most tokens one forward call takes (the runner prefills longer
+    prompts in chunks of it), get_max_context_len the cache's length."""
     return {
-        "get_max_seq_len": max_seq_len,
+        "get_max_seq_len": max_call_tokens or max_seq_len,
         "get_max_context_len": max_seq_len,
         "get_vocab_size": vocab_size,
         "get_n_layers": num_layers,

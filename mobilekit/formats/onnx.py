@@ -7,16 +7,25 @@ optimum decoder exports, which GenAI reads through `genai_config.json` with
 
   inputs   input_ids [1,T] int64, attention_mask [1,P+T] int64, position_ids [1,T] int64,
            past_key_values.{i}.key|value [1,kv_heads,P,head_dim]     (attention layers i)
-           past_key_values.{i}.conv_state [1,hidden,kernel-1]        (conv layers i)
+           past_key_values.{i}.conv_state [1,channels,kernel-1]      (conv and delta layers i)
+           past_key_values.{i}.recurrent_state [1,value_heads,key_dim,value_dim] float32
+                                                                     (delta layers i)
   outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim],
-           present.{i}.conv_state [1,hidden,kernel-1]
+           present.{i}.conv_state [1,channels,kernel-1],
+           present.{i}.recurrent_state [1,value_heads,key_dim,value_dim] float32
 
 The app feeds each present back as the next past: a KV present is concat(past, new), a conv
-present the last kernel-1 inputs of the layer's convolution (zeros before the first token).
-A folder with conv layers declares GenAI's "lfm2" model type (its cache for hybrid
-conv/attention stacks) and names the conv states in genai_config.json (past_conv_names,
-present_conv_names): GenAI 0.18's defaults, in the past_key_values./present. prefixes that
-every past and present here share (GenAI's own builder writes past.%d.conv instead).
+present the last kernel-1 inputs of the layer's convolution, a recurrent present a Gated
+DeltaNet's matrix state after these tokens (both zeros before the first token). The matrix
+state is float32 under every scheme, fp16 included: the decoder runs the recurrence in fp32
+(gated_delta_rule), so that is the state it hands over; GenAI's own builder keeps it float too.
+A folder with LFM2's conv layers declares GenAI's "lfm2" model type (its cache for hybrid
+conv/attention stacks); one with delta layers the decoder-only "llama", whose recurrent state
+holds both of a delta layer's tensors (genai_type). genai_config.json names the conv and
+recurrent states (past_conv_names, present_conv_names, past_recurrent_names,
+present_recurrent_names): GenAI 0.18's defaults, in the past_key_values./present. prefixes that
+every past and present here share (GenAI's own builder writes past.%d.conv and
+past.%d.recurrent instead).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ GENAI_CONFIG = "genai_config.json"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
 PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
 PAST_CONV, PRESENT_CONV = "past_key_values.%d.conv_state", "present.%d.conv_state"
+PAST_RECURRENT, PRESENT_RECURRENT = "past_key_values.%d.recurrent_state", "present.%d.recurrent_state"
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 # Symbolic dims, named as in ONNX Runtime GenAI's own builder.
 SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_sequence_length"
@@ -40,9 +50,13 @@ SEQ, PAST_SEQ, TOTAL_SEQ = "sequence_length", "past_sequence_length", "total_seq
 
 def layer_state_names(spec, layer: int) -> list[tuple[str, str]]:
     """(past input, present output) of each tensor of the state `layer` carries
-    (spec.layer_state): its key and value for a KV cache, its conv_state for a convolution."""
-    if spec.layer_state(layer) == "conv":
+    (spec.layer_state): its key and value for a KV cache, its conv_state for a convolution,
+    its conv_state then its recurrent_state for a Gated DeltaNet."""
+    kind = spec.layer_state(layer)
+    if kind == "conv":
         return [(PAST_CONV % layer, PRESENT_CONV % layer)]
+    if kind == "delta":
+        return [(PAST_CONV % layer, PRESENT_CONV % layer), (PAST_RECURRENT % layer, PRESENT_RECURRENT % layer)]
     return [(PAST_KEY % layer, PRESENT_KEY % layer), (PAST_VALUE % layer, PRESENT_VALUE % layer)]
 
 
@@ -82,8 +96,26 @@ def read_genai_config(bundle_dir: Path) -> tuple[int, set[int]]:
 # GenAI's name for the layer type of each state kind (its decoder.layer_types, as its builder
 # writes them from the checkpoint's). Sliding layers are "full_attention" to GenAI too: the
 # graph keeps their past full length and windows it with a mask, so GenAI must keep the whole
-# cache, as it does for full layers.
+# cache, as it does for full layers. Only the "lfm2" type reads layer_types (genai_type).
 GENAI_LAYER_TYPES = {"kv": "full_attention", "conv": "conv"}
+
+
+def genai_type(spec) -> str:
+    """The GenAI model type a folder declares. GenAI picks its model class (how it feeds inputs
+    and the cache) by type; every mobilekit graph has the same decoder-only I/O whatever the
+    family, which "llama" names. Family types would not: GenAI's "gpt2" expects a fused past
+    (past_%d), for one. So the type follows the state kinds the layers carry, not the family:
+      LFM2's conv layers need the cache of GenAI's "lfm2" type (LFM2Cache: key/value and conv
+        states, told apart by decoder.layer_types);
+      delta layers need the decoder-only types' recurrent state (GenAI 0.18's RecurrentState),
+        which finds each delta layer's conv and matrix state among the graph's inputs by
+        past_conv_names / past_recurrent_names and feeds both back, zeros first. "lfm2" has no
+        such state: its graph runs fail with "Missing Input: past_key_values.0.recurrent_state"
+        (tested). GenAI's own builder declares Qwen3.5 "qwen3_5_text", another decoder-only
+        type that runs these graphs the same (tested); "llama" keeps the rule above, and stays
+        clear of whatever a later GenAI ties to Qwen3.5's type (its builder's graphs take
+        3D multimodal position_ids; ours take [1, T])."""
+    return "lfm2" if spec.conv_layers and not spec.delta_layers else "llama"
 
 
 def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int]) -> dict:
@@ -115,18 +147,17 @@ def genai_config(spec, max_seq_len: int, bos_id: int | None, eos_ids: list[int])
         },
         "eos_token_id": eos[0] if len(eos) == 1 else eos,
         "pad_token_id": eos[0] if eos else 0,
-        # GenAI picks its model class (how it feeds inputs and the cache) by type; every mobilekit
-        # graph has the same decoder-only I/O whatever the family, which "llama" names. Family
-        # types would not: GenAI's "gpt2" expects a fused past (past_%d), for one. Conv states
-        # need GenAI's cache for hybrid conv/attention stacks, which only its "lfm2" type has;
-        # so the type follows the state kinds the layers carry, not the family.
-        "type": "lfm2" if spec.conv_layers else "llama",
+        "type": genai_type(spec),
         "vocab_size": spec.vocab_size,
     }
+    decoder = model["decoder"]
     if spec.conv_layers:
-        decoder = model["decoder"]
         decoder["inputs"]["past_conv_names"] = PAST_CONV
         decoder["outputs"]["present_conv_names"] = PRESENT_CONV
+    if spec.delta_layers:
+        decoder["inputs"]["past_recurrent_names"] = PAST_RECURRENT
+        decoder["outputs"]["present_recurrent_names"] = PRESENT_RECURRENT
+    elif spec.conv_layers:
         # which layers hold key/value and which a conv state: the names index layers
         decoder["layer_types"] = [GENAI_LAYER_TYPES[spec.layer_state(i)] for i in range(spec.num_layers)]
         decoder["conv_cache_size"] = spec.conv_kernel - 1
@@ -188,13 +219,17 @@ def io_contract(spec, max_seq_len: int, kv_dtype: str) -> dict:
     for state in states:
         i = state["layer"]
         names = layer_state_names(spec, i)
-        if state["kind"] == "conv":
-            past_shape = present_shape = state["shape"]
+        # (dtype, past shape, present shape) of each of the layer's tensors, in the order of names
+        if state["kind"] == "kv":
+            kv_past = [1, spec.layer_kv_heads(i), PAST_SEQ, hd]
+            tensors = [(kv_dtype, kv_past, [1, spec.layer_kv_heads(i), TOTAL_SEQ, hd])] * 2
         else:
-            past_shape = [1, spec.layer_kv_heads(i), PAST_SEQ, hd]
-            present_shape = [1, spec.layer_kv_heads(i), TOTAL_SEQ, hd]
-        past += [{"name": name, "dtype": kv_dtype, "shape": past_shape} for name, _ in names]
-        present += [{"name": name, "dtype": kv_dtype, "shape": present_shape} for _, name in names]
+            tensors = [(kv_dtype, state["shape"], state["shape"])]
+            if state["kind"] == "delta":
+                tensors.append(("float32", state["recurrent_shape"], state["recurrent_shape"]))
+        past += [{"name": name, "dtype": dtype, "shape": shape} for (name, _), (dtype, shape, _) in zip(names, tensors)]
+        present += [{"name": name, "dtype": dtype, "shape": shape}
+                    for (_, name), (dtype, _, shape) in zip(names, tensors)]
         state["inputs"] = [name for name, _ in names]
         state["outputs"] = [name for _, name in names]
     return {

@@ -18,7 +18,7 @@ from mobilekit.formats.executorch import conv_state_buffer, kv_cache_buffers, re
 from mobilekit.lowering import replace_modules, spell_out_tanh_gelu
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.modeling.decoder import (LayerNorm, RMSNorm, Rotary, additive_mask, attention_mask,
-                                       gated_delta_rule, rotary_attention_factor, rotary_inv_freq, softcap,
+                                       gated_delta_rule, max_call_tokens, rotary_attention_factor, rotary_inv_freq, softcap,
                                        zero_conv_state, zero_recurrent_state)
 
 
@@ -231,7 +231,7 @@ class ExecuTorchDecoder(nn.Module):
         def recur(i, q, k, v, g, beta):
             state = getattr(self, recurrent_state_buffer(i))
             past = torch.where(continuing, state, torch.zeros_like(state))
-            out, present = gated_delta_rule(q, k, v, g, beta, past, self.max_seq_len)
+            out, present = gated_delta_rule(q, k, v, g, beta, past, max_call_tokens(spec, self.max_seq_len))
             state.copy_(present)
             return out
 

@@ -16,7 +16,7 @@ from mobilekit.formats import layer_states
 from mobilekit.formats.onnx import layer_state_names
 from mobilekit.lowering import modules_replaced
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import RMSNorm, Rotary, additive_mask
+from mobilekit.modeling.decoder import RMSNorm, Rotary, additive_mask, gated_delta_rule
 from mobilekit.modeling.decoder import attention_mask as visible_keys  # the graph input has its name
 from mobilekit.modeling.decoder import softcap as capped  # the custom op's argument has its name
 
@@ -170,7 +170,9 @@ def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtyp
 class OnnxDecoder(nn.Module):
     """The decoder with its layers' states as past inputs and present outputs, in GenAI's
     layout: a KV cache [1, kv_heads, seq, head_dim] per attention layer, a conv state
-    [1, hidden, kernel-1] per conv layer, in the order of formats.onnx.past_names.
+    [1, channels, kernel-1] per conv layer, a conv state and a recurrent matrix state
+    [1, value_heads, key_dim, value_dim] (float32) per delta layer, in the order of
+    formats.onnx.past_names.
 
     Positions come from `position_ids`: rotary cos/sin gathered from one max_seq_len table
     per kind (Gemma 3's sliding layers have their own base), learned position embeddings
@@ -179,13 +181,17 @@ class OnnxDecoder(nn.Module):
     second mask that also hides keys at or before query - window. Both are built once per
     forward and shared by the layers; the cache stays full length. A conv layer runs the
     decoder's own CausalConv on the past conv state it is fed (zeros at position 0, from the
-    runtime) and returns the state after these tokens as its present.
+    runtime) and returns the state after these tokens as its present; a delta layer does the
+    same with its conv, then runs the decoder's gated_delta_rule from its past matrix state,
+    whose result after these tokens is its other present. The rule is one chunk of plain
+    matmuls over all T tokens (exact for any T <= max_seq_len), so prefill needs no loop.
     """
 
     def __init__(self, decoder: Decoder, max_seq_len: int):
         super().__init__()
         spec = decoder.spec
         self.decoder = decoder
+        self.max_seq_len = max_seq_len
         self.dtype = decoder.embed_tokens.weight.dtype
         # layer -> positions of its state's tensors in `past` (and of their presents)
         self.state_slots: dict[int, list[int]] = {}
@@ -220,11 +226,16 @@ class OnnxDecoder(nn.Module):
             return out
 
         def convolve(i, x, conv):
-            (state,) = self.state_slots[i]
+            state = self.state_slots[i][0]  # a delta layer's conv state comes before its matrix
             out, presents[state] = conv(x, past[state])
             return out
 
-        logits = self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve)
+        def recur(i, q, k, v, g, beta):
+            state = self.state_slots[i][1]
+            out, presents[state] = gated_delta_rule(q, k, v, g, beta, past[state], self.max_seq_len)
+            return out
+
+        logits = self.decoder(input_ids, rope, attend, positions=positions, convolve=convolve, recur=recur)
         return (logits.float(), *presents)
 
 
@@ -234,10 +245,12 @@ def example_inputs(spec, dtype: torch.dtype):
     t, p = 2, 3
     past = []
     for state in layer_states(spec):
-        if state["kind"] == "conv":
-            past.append(torch.zeros(state["shape"], dtype=dtype))
-        else:  # one key and one value, each with that layer's kv heads (OpenELM's differ)
+        if state["kind"] == "kv":  # one key and one value, each with that layer's kv heads (OpenELM's differ)
             past += [torch.zeros(1, state["kv_heads"], p, state["head_dim"], dtype=dtype) for _ in range(2)]
+            continue
+        past.append(torch.zeros(state["shape"], dtype=dtype))
+        if state["kind"] == "delta":  # the matrix state is float32 under every scheme (formats.onnx)
+            past.append(torch.zeros(state["recurrent_shape"], dtype=torch.float32))
     return (
         torch.zeros(1, t, dtype=torch.long),
         torch.ones(1, p + t, dtype=torch.long),

@@ -253,6 +253,19 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 
 
+# Most tokens one call may feed a model with delta layers. gated_delta_rule holds T x T
+# matrices per value head, and targets that plan memory for the largest call (ExecuTorch)
+# would reserve them at the whole context: 16 heads x 4096^2 floats is 1 GiB a matrix. At 256
+# they are 4 MiB; runtimes feed longer prompts in calls of this size.
+DELTA_CALL_TOKENS = 256
+
+
+def max_call_tokens(spec: DecoderSpec, max_seq_len: int) -> int:
+    """The most tokens one call may feed: DELTA_CALL_TOKENS with delta layers, else the
+    context (less the one position the next token needs)."""
+    return min(max_seq_len - 1, DELTA_CALL_TOKENS) if spec.delta_layers else max_seq_len - 1
+
+
 def gated_delta_rule(q, k, v, g, beta, state, max_len: int):
     """The gated delta rule over T tokens at once, from `state`: the one definition of a delta
     layer's recurrence, which every target runs (only where the state is kept differs).

@@ -34,8 +34,11 @@ def threads() -> int:
 class Session(ABC):
     runtime: str = ""
 
-    def __init__(self, max_seq_len: int):
+    def __init__(self, max_seq_len: int, max_call_tokens: int | None = None):
         self.max_seq_len = max_seq_len
+        # the most tokens one call takes (a delta model's, modeling.decoder.max_call_tokens);
+        # step() feeds longer prompts in calls of this size, as the app runtimes do
+        self.max_call_tokens = max_call_tokens
         self.position = 0
 
     @abstractmethod
@@ -49,8 +52,10 @@ class Session(ABC):
     def step(self, tokens: list[int]) -> np.ndarray:
         if self.position + len(tokens) > self.max_seq_len:
             raise ValueError(f"sequence of {self.position + len(tokens)} tokens exceeds max_seq_len {self.max_seq_len}")
-        logits = self._run(list(tokens))
-        self.position += len(tokens)
+        chunk = self.max_call_tokens or max(len(tokens), 1)
+        for part in [list(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)] or [[]]:
+            logits = self._run(part)
+            self.position += len(part)
         return np.asarray(logits, dtype=np.float32).reshape(-1)
 
     def greedy(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int] = frozenset()) -> list[int]:

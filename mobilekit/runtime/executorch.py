@@ -28,8 +28,8 @@ def _set_threads() -> None:
 class ExecuTorchSession(Session):
     runtime = "ExecuTorch (pybindings)"
 
-    def __init__(self, pte: Path, max_seq_len: int):
-        super().__init__(max_seq_len)
+    def __init__(self, pte: Path, max_seq_len: int, max_call_tokens: int | None = None):
+        super().__init__(max_seq_len, max_call_tokens)
         from executorch.runtime import Runtime
 
         _set_threads()

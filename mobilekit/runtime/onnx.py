@@ -40,8 +40,10 @@ class OnnxSession(Session):
 
     def reset(self) -> None:
         """Zero pasts shaped from the graph's inputs: the past sequence length is 0 before the
-        first token (a KV cache starts empty); a past without that axis (a conv state,
-        [1, hidden, kernel-1]) starts as zeros of its full, fixed shape."""
+        first token (a KV cache starts empty); a past without that axis (a conv state
+        [1, channels, kernel-1], a delta layer's recurrent state [1, value_heads, key_dim,
+        value_dim]) starts as zeros of its full, fixed shape, in the input's own dtype (a
+        recurrent state is float32 even in an fp16 graph)."""
         super().reset()
         self._past = {
             i.name: np.zeros([0 if d == PAST_SEQ else d for d in i.shape], dtype=_NUMPY_TYPES[i.type])

@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 def constant_methods(request: ExportRequest) -> dict:
     spec = request.decoder.spec
+    from mobilekit.modeling.decoder import max_call_tokens
+
+    calls = max_call_tokens(spec, request.max_seq_len) if spec.delta_layers else None
     return runner_constant_methods(request.max_seq_len, spec.vocab_size, spec.num_layers, request.bos_id,
-                                   request.eos_ids)
+                                   request.eos_ids, calls)
 
 
 def cache_notes(spec: DecoderSpec) -> dict:
@@ -242,7 +245,9 @@ class ExecuTorchTarget(Target):
             self.quantizer(request.scheme)(module, plan=request.plan)
 
         example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        seq = Dim("seq_len", min=1, max=request.max_seq_len - 1)
+        from mobilekit.modeling.decoder import max_call_tokens
+
+        seq = Dim("seq_len", min=1, max=max_call_tokens(spec, request.max_seq_len))
         with stage(timings, "torch_export_s", request.progress, "torch.export",
                    failing="torch.export of the ExecuTorch decoder"), torch.no_grad():
             program = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=False)
@@ -303,7 +308,8 @@ class ExecuTorchTarget(Target):
         from mobilekit.runtime.executorch import ExecuTorchSession
 
         self.check_available()
-        return ExecuTorchSession(bundle_dir / MODEL_FILE, manifest["max_seq_len"])
+        return ExecuTorchSession(bundle_dir / MODEL_FILE, manifest["max_seq_len"],
+                                 manifest.get("io", {}).get("constant_methods", {}).get("get_max_seq_len"))
 
     def generate(self, bundle_dir: Path, manifest: dict, prompt: str, max_new_tokens: int,
                  on_text: Callable[[str], None]) -> GenerationResult:

@@ -6,21 +6,31 @@ Contract (the layout of Hugging Face / optimum decoder exports, which GenAI read
 
   inputs   input_ids [1,T] int64, attention_mask [1,P+T] int64, position_ids [1,T] int64,
            past_key_values.{i}.key|value [1,kv_heads,P,head_dim]   (attention layers i)
-           past_key_values.{i}.conv_state [1,hidden,kernel-1]      (conv layers i)
+           past_key_values.{i}.conv_state [1,channels,kernel-1]    (conv and delta layers i)
+           past_key_values.{i}.recurrent_state [1,value_heads,key_dim,value_dim] (delta layers i)
   outputs  logits [1,T,V] float32, present.{i}.key|value [1,kv_heads,P+T,head_dim],
-           present.{i}.conv_state [1,hidden,kernel-1]
+           present.{i}.conv_state [1,channels,kernel-1],
+           present.{i}.recurrent_state [1,value_heads,key_dim,value_dim]
 
 The app feeds each present back as the next past (a KV present is concat(past, new); a conv
-present the last kernel-1 inputs of the convolution, zeros before the first token). T and P
-are dynamic; P is 0 on the first call. A folder with conv layers declares GenAI's "lfm2"
-type, whose cache holds both kinds (formats.onnx.genai_config). The graph is exported with
+present the last kernel-1 inputs of the convolution; a recurrent present a Gated DeltaNet's
+matrix state, float32 under every scheme; conv and recurrent states are zeros before the
+first token). T and P are dynamic; P is 0 on the first call. A folder with LFM2's conv
+layers declares GenAI's "lfm2" type, whose cache holds both kinds; one with delta layers the
+decoder-only "llama", whose recurrent state holds a delta layer's two tensors
+(formats.onnx.genai_type). The graph is exported with
 `torch.onnx.export(dynamo=True)` from a wrapper around the one mobilekit decoder, at opset 23
 (ONNX Runtime >= 1.23): each layer is RMSNormalization (LayerNormalization for LayerNorm
 families), MatMuls, RotaryEmbedding (rotary_embedding_dim for partial rotary) and one
 Attention node (GQA, past and present inside, softcap for Gemma 2); a conv layer (LFM2) is its MatMuls around the
-decoder's CausalConv, a few elementwise ops on [past, x]. Sliding-window layers keep a
-full-length past and read a second, windowed mask (io kv_cache.sliding_window). int8/int4 are
-ONNX Runtime's own MatMulNBits weight quantizer (MatMuls only: conv taps stay float).
+decoder's CausalConv, a few elementwise ops on [past, x]; a delta layer (Qwen3.5) is its
+MatMuls around that conv and the decoder's gated_delta_rule, one chunk of plain ops (MatMul,
+CumSum, Exp, Where) over all T <= max_seq_len tokens at once (GenAI's own builder emits ONNX
+Runtime's contrib ops CausalConvWithState and LinearAttention instead; GenAI needs neither to
+run ours). Sliding-window layers keep a full-length past and read a second, windowed mask
+(io kv_cache.sliding_window). int8/int4 are ONNX Runtime's own MatMulNBits weight quantizer
+(MatMuls with a weight only: conv taps, the delta layers' A_log, dt_bias and norm, and the
+recurrence's own MatMuls stay float).
 
 The contract's names, genai_config.json and the manifest's io section live in
 mobilekit.formats.onnx, shared with the runtime; the exported module (OnnxDecoder), its custom
