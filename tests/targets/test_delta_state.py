@@ -77,69 +77,62 @@ def expected():
     return eager_logits(decoder, FIRST), eager_logits(decoder, SECOND)
 
 
-def test_executorch_logits_match_eager_token_by_token(tmp_path, expected):
-    exporter = get("executorch")
-    artefact = exporter.export(ExportRequest(decoder=delta_decoder(), scheme="fp32", max_seq_len=SEQ, bos_id=None,
-                                             eos_ids=[2], out_dir=tmp_path))
+CALL_TOKENS = 5  # below the prompts' lengths, so prefill runs in several calls
+
+
+@pytest.fixture(scope="module")
+def pte(tmp_path_factory):
+    """One fp32 .pte of the tiny delta decoder, its calls capped at CALL_TOKENS (the cap,
+    modeling.decoder.DELTA_CALL_TOKENS, is 256: gated_delta_rule holds T x T matrices per
+    head, and ExecuTorch plans memory for the largest call)."""
+    from mobilekit.modeling import decoder as modeling
+
+    out = tmp_path_factory.mktemp("delta-executorch")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling, "DELTA_CALL_TOKENS", CALL_TOKENS)
+        artefact = get("executorch").export(ExportRequest(decoder=delta_decoder(), scheme="fp32", max_seq_len=SEQ,
+                                                          bos_id=None, eos_ids=[2], out_dir=out))
+    return out, artefact
+
+
+def test_executorch_logits_match_eager_token_by_token(pte, expected):
+    """Prefill in calls of CALL_TOKENS, then one token per step; then a new sequence in the
+    same session, which must not see the first one's states."""
+    folder, artefact = pte
     states = artefact.io["layer_states"]
     assert [s["buffers"] for s in states] == [["conv_state_0", "recurrent_state_0"], ["k_cache_1", "v_cache_1"],
                                               ["conv_state_2", "recurrent_state_2"]]
-    session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp32"})
-    for tokens, prefill, want in ((FIRST, 6, expected[0]), (SECOND, 3, expected[1])):
+    methods = artefact.io["constant_methods"]
+    assert methods["get_max_seq_len"] == CALL_TOKENS and methods["get_max_context_len"] == SEQ
+    session = get("executorch").open_session(folder, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp32"})
+    assert session.max_call_tokens == CALL_TOKENS
+    for tokens, prefill, want in ((FIRST, 11, expected[0]), (FIRST, 6, expected[0]), (SECOND, 3, expected[1])):
         got = stepped_logits(session, tokens, prefill)
         want = want[prefill - 1:]
         np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
         assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
-def test_a_prompt_longer_than_one_call_is_fed_in_calls(tmp_path, monkeypatch):
-    """A delta model's calls are capped (modeling.decoder.DELTA_CALL_TOKENS: gated_delta_rule
-    holds T x T matrices per head, and ExecuTorch plans memory for the largest call). The
-    .pte says so to the runner (get_max_seq_len, while get_max_context_len is the cache), and
-    a session feeds a longer prompt in calls of that size with the state carried across."""
-    from mobilekit.modeling import decoder as modeling
-
-    monkeypatch.setattr(modeling, "DELTA_CALL_TOKENS", 5)
-    exporter = get("executorch")
-    artefact = exporter.export(ExportRequest(decoder=delta_decoder(), scheme="fp32", max_seq_len=SEQ, bos_id=None,
-                                             eos_ids=[2], out_dir=tmp_path))
-    methods = artefact.io["constant_methods"]
-    assert methods["get_max_seq_len"] == 5 and methods["get_max_context_len"] == SEQ
-    session = exporter.open_session(tmp_path, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp32"})
-    assert session.max_call_tokens == 5
-    want = eager_logits(delta_decoder(), FIRST)
-    got = stepped_logits(session, FIRST, 11)  # 11 prompt tokens: calls of 5, 5 and 1
-    np.testing.assert_allclose(got, want[10:], atol=1e-4 * np.abs(want).max())
-
-
-def test_executorch_runner_generates_the_eager_text(tiny_llama_dir, tmp_path, monkeypatch):
-    """ExecuTorch's C++ TextLLMRunner (the app runtime) on the delta model, with calls capped
-    below the prompt's length: it prefills in chunks of get_max_seq_len, the .pte zeroes both
-    states at position 0 itself, and a second run does not see the first one's state."""
-    import dataclasses
+def test_executorch_runner_generates_the_eager_text(pte, tiny_llama_dir):
+    """ExecuTorch's C++ TextLLMRunner (the app runtime): it prefills the prompt in calls of
+    get_max_seq_len, the .pte zeroes both states at position 0 itself (the runner has no
+    reset), and a second run does not see the first one's state."""
     import shutil
 
     from transformers import AutoTokenizer
 
-    from mobilekit.modeling import decoder as modeling
-
-    monkeypatch.setattr(modeling, "DELTA_CALL_TOKENS", 3)
+    folder, _ = pte
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    torch.manual_seed(0)
-    decoder = Decoder(dataclasses.replace(SPEC, vocab_size=len(tokenizer))).eval().requires_grad_(False)
-    for name, p in decoder.named_parameters():
-        torch.nn.init.normal_(p, mean=1.0 if "norm" in name else 0.0, std=0.3)
+    assert len(tokenizer) <= SPEC.vocab_size
     prompt = "Rivers carry water to the sea"
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    assert len(ids) > 3
-    with torch.no_grad():  # before the export, which rewrites the decoder's modules for XNNPACK
+    assert len(ids) > CALL_TOKENS
+    decoder = delta_decoder()
+    with torch.no_grad():
         for _ in range(10):
             ids.append(int(EagerDecoder(decoder)(torch.tensor([ids]))[0, -1].argmax()))
     expected = tokenizer.decode(ids[-10:])
-    target = get("executorch")
-    target.export(ExportRequest(decoder=decoder, scheme="fp32", max_seq_len=SEQ, bos_id=None, eos_ids=[],
-                                out_dir=tmp_path))
-    shutil.copy(tiny_llama_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    shutil.copy(tiny_llama_dir / "tokenizer.json", folder / "tokenizer.json")
     for _ in range(2):
-        generated = target.generate(tmp_path, {"max_seq_len": SEQ}, prompt, 10, lambda _t: None)
+        generated = get("executorch").generate(folder, {"max_seq_len": SEQ}, prompt, 10, lambda _t: None)
         assert generated.text == expected
