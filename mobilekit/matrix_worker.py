@@ -70,7 +70,7 @@ def _context(recipe, mode: str, work: Path):
         tiny.make_tiny_checkpoint(staging, tiny.recipe_tiny_config(recipe))
         staging.rename(folder)
     length = min(tiny.TINY_SEQ_LEN, checkpoint.resolve(str(folder)).spec.max_exportable_context)
-    return pipeline.make_context(recipe, str(folder), length, budget_overrides=tiny.TINY_BUDGETS)
+    return pipeline.make_context(recipe, str(folder), length, budget_overrides=tiny.tiny_budgets(recipe.family))
 
 
 def _run_cell(context, cell, family: str, work: Path, job: dict) -> dict:

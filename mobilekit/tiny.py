@@ -182,6 +182,12 @@ TINY_SEQ_LEN = 128  # past every tiny sliding window (16), within every tiny con
 # e2e tests); on tiny models int4 top-1 must stay above 0.35, every other bound unchanged
 # (0.40 until issue 21's 4-bit ExecuTorch embedding: one tiny family measured 0.375).
 TINY_BUDGETS = {"int4": {"min_top1_agreement": 0.35}}
+
+
+def tiny_budgets(family: str) -> dict:
+    """TINY_BUDGETS with the family's own tiny-model bounds (Family.tiny_budgets) over them."""
+    own = families.get(family).tiny_budgets
+    return {scheme: {**TINY_BUDGETS.get(scheme, {}), **own.get(scheme, {})} for scheme in {*TINY_BUDGETS, *own}}
 _TINY_IDS_ONLY = {"vocab_size": 512, "bos_token_id": 1, "pad_token_id": 0}
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from mobilekit import families, pipeline
-from mobilekit.tiny import TINY_BUDGETS, make_tiny_checkpoint
+from mobilekit.tiny import make_tiny_checkpoint, tiny_budgets
 
 SCHEMES = ("fp32", "int4")
 COLUMNS = (("executorch", "ExecuTorch"), ("onnx", "ONNX"), ("coreml", "Core ML"))  # the README's order
@@ -33,7 +33,7 @@ def row(name: str, seq_len: int) -> str:
         raise SystemExit(f"{name}: no transformers reference; its row comes from pytest tests/families")
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_tiny_checkpoint(Path(tmp) / "ckpt", family.tiny_config)
-        context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, seq_len), TINY_BUDGETS)
+        context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, seq_len), tiny_budgets(name))
         stage1, stage2 = None, []
         for target, _ in COLUMNS:
             for scheme in SCHEMES:

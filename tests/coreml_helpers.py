@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from mobilekit.errors import BundleError, CheckpointError, ValidationFailed
-from mobilekit.formats.coreml import causal_mask, load_program, read_identity_metadata, read_shared_metadata
-from mobilekit.lowering.coreml import CoreMLDecoder, apply_fp16_safe_norms, identity_value, map_weights, materialize
+from mobilekit.formats.coreml import (causal_mask, load_program, read_folded_metadata, read_identity_metadata,
+                                      read_shared_metadata)
+from mobilekit.lowering.coreml import (CoreMLDecoder, apply_fp16_safe_norms, identity_value, map_weights, materialize,
+                                       unfold, weight_ops)
 from mobilekit.modeling import Decoder, DecoderSpec
 from mobilekit.runtime import Session
 
@@ -38,14 +40,17 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
 
     Raises ValidationFailed if any decoder weight has no counterpart in the package other
     than those the export recorded: weights at their identity value (ones, or zeros for a
-    bias) folded away by the converter, and weights sharing another's deduplicated const."""
+    bias) folded away by the converter, weights sharing another's deduplicated const, and
+    weights stored as a const of their transform (read back through its inverse)."""
     program, spec_pb = load_program(path)
     with torch.device("meta"):
         decoder = Decoder(spec)
     sources, missing = map_weights(program, decoder)
     identity = set(read_identity_metadata(spec_pb))
     shared = {k: v for k, v in read_shared_metadata(spec_pb).items() if k in missing and v in sources}
-    unexplained = [k for k in missing if k not in identity and k not in shared]
+    consts = weight_ops(program)
+    folded = {k: consts[v] for k, v in read_folded_metadata(spec_pb).items() if k in missing and v in consts}
+    unexplained = [k for k in missing if k not in identity and k not in shared and k not in folded]
     if unexplained:
         raise ValidationFailed(
             f"{path} holds no weight for decoder parameters {unexplained}: the package is incomplete "
@@ -64,6 +69,8 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
                 cache[id(op)] = torch.from_numpy(materialize(op).astype(np.float32))
             weights[key] = cache[id(op)]
             storage[op.op_type] = storage.get(op.op_type, 0) + 1
+        elif key in folded:
+            weights[key] = torch.from_numpy(unfold(key, materialize(folded[key])))
         else:
             weights[key] = torch.full(state[key].shape, identity_value(key))
     decoder.load_state_dict(weights, strict=True, assign=True)
@@ -73,6 +80,7 @@ def roundtrip_decoder(path: Path, spec: DecoderSpec) -> tuple[Decoder, dict]:
         "mapped": {k: sources[k].name for k in sources},
         "identity": sorted(identity & set(missing)),
         "shared": dict(sorted(shared.items())),
+        "folded": {k: op.name for k, op in sorted(folded.items())},
         "storage_ops": storage,
     }
     return decoder.eval().requires_grad_(False), report

@@ -57,6 +57,11 @@ class Family:
     checkpoint_shapes: Callable[[Mapping], dict[str, tuple[int, ...]]] | None = None
     # Said when a checkpoint folder has no tokenizer (OpenELM's repos ship none).
     tokenizer_hint: str = ""
+    # Validation budgets of this family's random-weight tiny models where they differ from
+    # mobilekit.tiny.TINY_BUDGETS ({scheme: {budget field: bound}}), each with the
+    # measurement that sets it in a comment: tiny models check lowering, and some
+    # architectures' random weights are more fragile under 4 bits than others'.
+    tiny_budgets: Mapping = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Family] = {}

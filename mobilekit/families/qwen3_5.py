@@ -151,4 +151,12 @@ register(Family(
     tiny_config=TINY_CONFIG,
     shrink_to_tiny=shrink_to_tiny,
     hf_reference_class="AutoModelForCausalLM",
+    # Random-weight Qwen3.5 is fragile under 4-bit weights on every target, and so is the same
+    # quantized decoder run eagerly: int4 top-1 over tiny-checkpoint seeds 0-3 is 0.29, 0.37,
+    # 0.25, 0.23 (ExecuTorch's quantizer, eager), 0.25-0.43 (Core ML) and 0.26-0.38 (ONNX),
+    # against 0.49 for tiny Qwen3 and 0.69 for LFM2. The lowering is exact (Core ML int4 equals
+    # the decoder holding its dequantized weights, top-1 100%; tests/targets/
+    # test_delta_state*.py): the per-head gated norm rescales a random head's near-zero output
+    # to unit size, noise included. Real checkpoints are held to the usual budgets.
+    tiny_budgets={"int4": {"min_top1_agreement": 0.2}},
 ))

@@ -7,10 +7,13 @@ A stateful `model.mlpackage` (iOS 18 / macOS 15) in the shape that swift-transfo
            causalMask  fp16  [1, 1, T, past+T]      additive: 0 = attend, -65504 = masked
   output   logits      [1, T, vocab]                fp16 (fp32 for the fp32 scheme)
   states   keyCache, valueCache  fp16 [attention layers, 1, kv_heads, max_seq_len, head_dim]
-           convState             fp16 [conv layers, 1, hidden, kernel-1]   (only with conv layers)
-           (convState is mobilekit's own; swift-transformers makes and passes every state)
-One row of the KV cache per attention layer and one row of convState per conv layer (LFM2),
-in layer order (`state_rows`); the manifest's io.layer_states says, per layer, which state and row.
+           convState             fp16 [conv layers, 1, channels, kernel-1] (only with conv or delta layers)
+           recurrentState        fp16 [delta layers, 1, value heads, key dim, value dim] (only with delta layers)
+           (convState and recurrentState are mobilekit's own; swift-transformers makes and passes every state)
+One row of the KV cache per attention layer, one row of convState per conv layer (LFM2's, and
+Qwen3.5's delta layers, whose q/k/v pass a short conv) and one row of recurrentState per delta
+layer, in layer order (`state_rows`); the manifest's io.layer_states says, per layer, which
+states and row.
 Also here: mobilekit's metadata keys, the compute units per scheme, reading a saved package
 back (`load_program`) and checking it against this contract (`check_spec`). No torch here:
 coremltools is imported where a package is read.
@@ -34,11 +37,16 @@ KEY_CACHE, VALUE_CACHE = "keyCache", "valueCache"
 # swift-transformers knows. It needs none: MLModel.makeState() makes every declared state,
 # and the model alone reads and writes it.
 CONV_STATE = "convState"
+# The delta layers' recurrent matrices (Gated DeltaNet): mobilekit's own name too.
+RECURRENT_STATE = "recurrentState"
 DEPLOYMENT_TARGET = "iOS18"  # = macOS15; stateful models need it
 SPEC_VERSION_IOS18 = 9  # Model.specificationVersion that coremltools writes for iOS18
 WRAPPED_DECODER = "decoder"  # attribute name: torch.export lifts weights as p_decoder_<key>
 METADATA_IDENTITY_WEIGHTS = "mobilekit.identity_weights"
 METADATA_SHARED_WEIGHTS = "mobilekit.shared_weights"
+# {parameter: const op name}: parameters stored only as a transform of themselves, which the
+# converter folded into that const (mobilekit.lowering.coreml.FOLDED_FORMS says which transform)
+METADATA_FOLDED_WEIGHTS = "mobilekit.folded_weights"
 METADATA_SCHEME = "mobilekit.scheme"
 METADATA_MAX_SEQ_LEN = "mobilekit.max_seq_len"
 # {"window", "layers"} or null: the sliding-window layers masked inside the model
@@ -95,6 +103,11 @@ def read_shared_metadata(spec_pb) -> dict[str, str]:
     return json.loads(raw) if raw else {}
 
 
+def read_folded_metadata(spec_pb) -> dict[str, str]:
+    raw = spec_pb.description.metadata.userDefined.get(METADATA_FOLDED_WEIGHTS)
+    return json.loads(raw) if raw else {}
+
+
 def causal_mask(seq_len: int, end: int) -> np.ndarray:
     """fp16 [1,1,T,end] additive mask for T new tokens at positions end-T..end-1."""
     start = end - seq_len
@@ -127,29 +140,38 @@ def kv_cache_shape(spec, max_seq_len: int) -> list[int]:
 
 
 def conv_state_shape(spec) -> list[int] | None:
-    """convState: one row per conv layer, each a conv state [1, hidden, kernel-1] as
-    formats.layer_states describes it; None without conv layers (no state declared)."""
+    """convState: one row per layer with a conv state (spec.conv_layers: conv and delta
+    layers), each a conv state [1, channels, kernel-1] as formats.layer_states describes it;
+    None without such layers (no state declared)."""
     if not spec.conv_layers:
         return None
-    return [len(spec.conv_layers), 1, spec.hidden_size, spec.conv_kernel - 1]
+    return [len(spec.conv_layers), 1, spec.conv_channels, spec.conv_kernel - 1]
+
+
+def recurrent_state_shape(spec) -> list[int] | None:
+    """recurrentState: one row per delta layer, each its matrix state [1, value heads, key
+    dim, value dim] (spec.recurrent_state_shape); None without delta layers."""
+    if not spec.delta_layers:
+        return None
+    return [len(spec.delta_layers), *spec.recurrent_state_shape]
 
 
 def state_rows(spec) -> dict[int, int]:
-    """layer -> its row in the states of its kind: the attention layers' rows of
-    keyCache/valueCache, the conv layers' rows of convState, each in layer order."""
+    """layer -> its row in the states of its kind, each in layer order: the attention layers'
+    rows of keyCache/valueCache, the conv and delta layers' rows of convState. A delta layer's
+    row of recurrentState is that same row: a decoder has conv layers or delta layers, never
+    both (DecoderSpec refuses it), so spec.conv_layers are then exactly spec.delta_layers."""
     return {layer: row for layers in (spec.attention_layers, spec.conv_layers) for row, layer in enumerate(layers)}
 
 
 def located_layer_states(spec) -> list[dict]:
     """formats.layer_states with, per layer, where its state lives: "state" (the Core ML
-    state's name; {"key", "value"} for a KV cache) and "index" (the row along that state's
-    first axis)."""
+    state's name; {"key", "value"} for a KV cache, {"conv", "recurrent"} for a delta layer)
+    and "index" (the row along the first axis of each of those states)."""
     rows = state_rows(spec)
-    located = []
-    for entry in layer_states(spec):
-        where = {"key": KEY_CACHE, "value": VALUE_CACHE} if entry["kind"] == "kv" else CONV_STATE
-        located.append({**entry, "state": where, "index": rows[entry["layer"]]})
-    return located
+    where = {"kv": {"key": KEY_CACHE, "value": VALUE_CACHE}, "conv": CONV_STATE,
+             "delta": {"conv": CONV_STATE, "recurrent": RECURRENT_STATE}}
+    return [{**entry, "state": where[entry["kind"]], "index": rows[entry["layer"]]} for entry in layer_states(spec)]
 
 
 def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
@@ -167,7 +189,8 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
     }
     if spec.conv_layers:
         kv_cache["attention_layers"] = list(spec.attention_layers)
-        kv_cache["rows"] = "row r holds attention layer attention_layers[r]; conv layers have no KV cache"
+        kv_cache["rows"] = ("row r holds attention layer attention_layers[r]; "
+                            f"{'delta' if spec.delta_layers else 'conv'} layers have no KV cache")
     if not spec.uniform_kv_heads:
         kv_cache["kv_heads_per_layer"] = [spec.layer_kv_heads(i) for i in spec.attention_layers]
         kv_cache["per_layer_kv_heads"] = ("one state sized for the largest layer (kv_heads); the layer in row r reads "
@@ -185,11 +208,11 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
         {"name": KEY_CACHE, "dtype": "float16", "shape": cache_shape},
         {"name": VALUE_CACHE, "dtype": "float16", "shape": cache_shape},
     ]
-    conv_shape = conv_state_shape(spec)
-    if conv_shape:
-        state_tensors.append({"name": CONV_STATE, "dtype": "float16", "shape": conv_shape,
-                              "reset": "read as zeros when a call starts at position 0 (inside the model), so a "
-                                       "reused MLState needs no clearing between sequences"})
+    reset = "read as zeros when a call starts at position 0 (inside the model), so a reused MLState needs no " \
+            "clearing between sequences"
+    for name, shape in ((CONV_STATE, conv_state_shape(spec)), (RECURRENT_STATE, recurrent_state_shape(spec))):
+        if shape:
+            state_tensors.append({"name": name, "dtype": "float16", "shape": shape, "reset": reset})
     return {
         "inputs": [
             {"name": INPUT_IDS, "dtype": "int32", "shape": [1, "T"]},
@@ -206,6 +229,13 @@ def io_contract(spec, max_seq_len: int, scheme: str) -> dict:
         "kv_cache": kv_cache,
         "loader": "swift-transformers LanguageModelWithStatefulKVCache",
     }
+
+
+# The states beside the KV cache: (name, its key in check_spec's `expected`, layout, rank).
+_OPTIONAL_STATES = (
+    (CONV_STATE, "conv_state", "[conv layers, 1, channels, kernel-1]", 4),
+    (RECURRENT_STATE, "recurrent_state", "[delta layers, 1, value heads, key dim, value dim]", 5),
+)
 
 
 def _array_dtype(array_type) -> str:
@@ -225,9 +255,9 @@ def _ranges(array_type) -> list[tuple[int, int]] | None:
 def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> dict:
     """Check the saved package against the contract; raise ValidationFailed naming every
     mismatch. `expected` (layers: the KV cache's rows, kv_heads, head_dim, max_seq_len,
-    vocab_size, and optionally sliding_window as `sliding_window_layout` gives it and
-    conv_state as `conv_state_shape` gives it) tightens the checks; without it the shapes are
-    checked for consistency among themselves."""
+    vocab_size, and optionally sliding_window as `sliding_window_layout` gives it, conv_state
+    as `conv_state_shape` gives it and recurrent_state as `recurrent_state_shape` gives it)
+    tightens the checks; without it the shapes are checked for consistency among themselves."""
     path = Path(bundle_dir) / MODEL_FILE
     if not path.exists():
         raise BundleError(f"{path} does not exist; re-run the export")
@@ -253,12 +283,13 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
         problems.append(f"inputs are {list(inputs)}, expected [{INPUT_IDS!r}, {CAUSAL_MASK!r}]")
     if list(outputs) != [LOGITS]:
         problems.append(f"outputs are {list(outputs)}, expected [{LOGITS!r}]")
-    # convState is there exactly when the decoder has conv layers; without `expected`, either way.
+    # convState is there exactly when the decoder has conv or delta layers, recurrentState
+    # exactly when it has delta layers (so never without convState); without `expected`, any.
     kv_states = [KEY_CACHE, VALUE_CACHE]
-    if expected and "conv_state" in expected:
-        allowed = [kv_states + [CONV_STATE] if expected["conv_state"] else kv_states]
-    else:
-        allowed = [kv_states, kv_states + [CONV_STATE]]
+    allowed = [kv_states, kv_states + [CONV_STATE], kv_states + [CONV_STATE, RECURRENT_STATE]]
+    for name, key, _, _ in _OPTIONAL_STATES:
+        if expected and key in expected:
+            allowed = [names for names in allowed if (name in names) == bool(expected[key])]
     if sorted(states) not in [sorted(names) for names in allowed]:
         problems.append(f"states are {list(states)}, expected {' or '.join(map(str, allowed))}")
 
@@ -282,16 +313,18 @@ def check_spec(bundle_dir: Path, scheme: str, expected: dict | None = None) -> d
         want = [expected["layers"], 1, expected["kv_heads"], expected["max_seq_len"], expected["head_dim"]]
         if state_shapes[0] != want:
             problems.append(f"state shape {state_shapes[0]} differs from the decoder's {want}")
-    if CONV_STATE in states:
-        arr = states[CONV_STATE].type.stateType.arrayType
+    for name, key, layout, rank in _OPTIONAL_STATES:
+        if name not in states:
+            continue
+        arr = states[name].type.stateType.arrayType
         shape, dtype = list(arr.shape), _array_dtype(arr)
-        found["states"].append({"name": CONV_STATE, "dtype": dtype, "shape": shape})
+        found["states"].append({"name": name, "dtype": dtype, "shape": shape})
         if dtype != "float16":
-            problems.append(f"state {CONV_STATE} is {dtype}, expected float16")
-        if len(shape) != 4 or shape[1] != 1:
-            problems.append(f"state {CONV_STATE} has shape {shape}, expected [conv layers, 1, hidden, kernel-1]")
-        elif expected and expected.get("conv_state") and shape != expected["conv_state"]:
-            problems.append(f"state {CONV_STATE} shape {shape} differs from the decoder's {expected['conv_state']}")
+            problems.append(f"state {name} is {dtype}, expected float16")
+        if len(shape) != rank or shape[1] != 1:
+            problems.append(f"state {name} has shape {shape}, expected {layout}")
+        elif expected and expected.get(key) and shape != expected[key]:
+            problems.append(f"state {name} shape {shape} differs from the decoder's {expected[key]}")
 
     def check_input(name, dtype_want, want_ranges):
         if name not in inputs:

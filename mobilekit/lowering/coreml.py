@@ -20,10 +20,11 @@ from torch import nn
 
 from mobilekit.errors import ExportError, ValidationFailed
 from mobilekit.lowering import Swap, replace_modules, restore_modules
-from mobilekit.formats.coreml import (CONV_STATE, KEY_CACHE, MASKED_VALUE, VALUE_CACHE, WRAPPED_DECODER,
-                                      conv_state_shape, kv_cache_shape, state_rows)
+from mobilekit.formats.coreml import (CONV_STATE, KEY_CACHE, MASKED_VALUE, RECURRENT_STATE, VALUE_CACHE,
+                                      WRAPPED_DECODER, conv_state_shape, kv_cache_shape, recurrent_state_shape,
+                                      state_rows)
 from mobilekit.modeling import Decoder, rotary_tables
-from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
+from mobilekit.modeling.decoder import LayerNorm, RMSNorm, gated_delta_rule, repeat_kv
 
 
 # --- the module that is converted -------------------------------------------------------
@@ -32,8 +33,9 @@ from mobilekit.modeling.decoder import LayerNorm, RMSNorm, repeat_kv
 class CoreMLDecoder(nn.Module):
     """The decoder with its states in fp16 buffers that coremltools turns into Core ML states
     (`state_names`): the KV cache keyCache/valueCache [attention layers, 1, kv_heads,
-    max_seq_len, head_dim] and, with conv layers (LFM2), convState [conv layers, 1, hidden,
-    kernel-1]; layer i uses row state_rows(spec)[i] of its kind's state.
+    max_seq_len, head_dim]; with conv layers (LFM2) or delta layers (Qwen3.5), convState [conv
+    layers, 1, channels, kernel-1]; with delta layers, recurrentState [delta layers, 1, value
+    heads, key dim, value dim]. Layer i uses row state_rows(spec)[i] of each of its kind's states.
 
     Sliding-window layers (Gemma 2/3) keep the same full-length cache: the app passes the
     plain causal mask, and the window (key > query - window) is added in the graph from the
@@ -61,15 +63,15 @@ class CoreMLDecoder(nn.Module):
         # Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16). One
         # state for all attention layers, as swift-transformers loads it: where layers differ
         # in kv heads (OpenELM), it is sized for the largest and layer i uses its first
-        # layer_kv_heads(i). Conv layers get no rows in it.
+        # layer_kv_heads(i). Conv and delta layers get no rows in it.
         shape = kv_cache_shape(spec, max_seq_len)
         self.register_buffer(KEY_CACHE, torch.zeros(shape, dtype=torch.float16))
         self.register_buffer(VALUE_CACHE, torch.zeros(shape, dtype=torch.float16))
         self.state_names = (KEY_CACHE, VALUE_CACHE)
-        conv_shape = conv_state_shape(spec)
-        if conv_shape:
-            self.register_buffer(CONV_STATE, torch.zeros(conv_shape, dtype=torch.float16))
-            self.state_names += (CONV_STATE,)
+        for name, state_shape in ((CONV_STATE, conv_state_shape(spec)), (RECURRENT_STATE, recurrent_state_shape(spec))):
+            if state_shape:
+                self.register_buffer(name, torch.zeros(state_shape, dtype=torch.float16))
+                self.state_names += (name,)
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
         decoder: Decoder = getattr(self, WRAPPED_DECODER)
@@ -120,30 +122,52 @@ class CoreMLDecoder(nn.Module):
                 out = torch.softmax(scores + mask, dim=-1) @ values
             return out.transpose(1, 2).reshape(1, seq_len, -1)
 
-        if spec.conv_layers:
-            conv_state = getattr(self, CONV_STATE)
-            # A call that starts at position 0 begins a new sequence. The KV cache needs no
-            # clearing for it (the mask hides rows past `end`), but a conv layer reads its
-            # whole stored state: a reused MLState would feed it the last sequence's inputs.
-            # Apps make a fresh state per conversation (swift-transformers' resetState, the
-            # demo apps, mobilekit's sessions), yet nothing in Core ML enforces that, so the
-            # model reads its past as zeros itself there, from the positions (start comes
-            # from the mask's shape): one select over [1, hidden, kernel-1] per conv layer.
-            # A select rather than a multiply by 0, which would turn a stale inf into NaN;
-            # its zeros become one small const ([1, hidden, kernel-1], shared by the layers).
+        # A call that starts at position 0 begins a new sequence. The KV cache needs no
+        # clearing for it (the mask hides rows past `end`), but a conv or delta layer reads its
+        # whole stored state: a reused MLState would feed it the last sequence's inputs (or
+        # matrices). Apps make a fresh state per conversation (swift-transformers' resetState,
+        # the demo apps, mobilekit's sessions), yet nothing in Core ML enforces that, so the
+        # model reads its past as zeros itself there, from the positions (start comes from
+        # the mask's shape): one select over a layer's row per state. A select rather than a
+        # multiply by 0, which would turn a stale inf into NaN; its zeros become one small
+        # const per state (a row's shape, shared by the layers).
+        convolve = recur = None
+        if spec.conv_layers:  # delta layers among them
             continues = positions[:1] > 0
+            convolve = self._convolve(continues)
+            recur = self._recur(continues) if spec.delta_layers else None
+        return decoder(inputIds, rope, attend, positions=positions, convolve=convolve, recur=recur)
 
-            def convolve(i, x, conv):
-                r = rows[i]
-                past = torch.where(continues, conv_state[r], torch.zeros_like(conv_state[r]))
-                out, present = conv(x, past)
-                # reshaped to its (static) shape: coremltools sizes the last kernel-1 columns of
-                # the T-long window symbolically, and a state update must match the state's type
-                conv_state[r : r + 1] = present.reshape(conv_state[r : r + 1].shape).to(conv_state.dtype)
-                return out
-        else:
-            convolve = None
-        return decoder(inputIds, rope, attend, positions=positions, convolve=convolve)
+    def _convolve(self, continues: torch.Tensor):
+        """The decoder's `convolve` over convState: layer i's row, read as zeros unless the
+        call `continues` a sequence, replaced by the conv's present."""
+        conv_state, rows = getattr(self, CONV_STATE), self.rows
+
+        def convolve(i, x, conv):
+            r = rows[i]
+            past = torch.where(continues, conv_state[r], torch.zeros_like(conv_state[r]))
+            out, present = conv(x, past)
+            # reshaped to its (static) shape: coremltools sizes the last kernel-1 columns of
+            # the T-long window symbolically, and a state update must match the state's type
+            conv_state[r : r + 1] = present.reshape(conv_state[r : r + 1].shape).to(conv_state.dtype)
+            return out
+
+        return convolve
+
+    def _recur(self, continues: torch.Tensor):
+        """The decoder's `recur` over recurrentState, as `_convolve` over convState: layer i's
+        matrices, zeros unless the call `continues` a sequence, through gated_delta_rule (with
+        max_seq_len: any call's T fits its fixed graph), replaced by the ones it returns."""
+        state, rows, max_len = getattr(self, RECURRENT_STATE), self.rows, self.max_seq_len
+
+        def recur(i, q, k, v, g, beta):
+            r = rows[i]
+            past = torch.where(continues, state[r], torch.zeros_like(state[r]))
+            out, present = gated_delta_rule(q, k, v, g, beta, past.to(q.dtype), max_len)
+            state[r : r + 1] = present.reshape(state[r : r + 1].shape).to(state.dtype)
+            return out
+
+        return recur
 
 
 # --- fp16-safe norms ----------------------------------------------------------------------
@@ -245,6 +269,30 @@ def fp16_safe_norms(decoder: Decoder, enabled: bool = True):
         restore_modules(swapped)
 
 
+# --- ops coremltools converts only with static sizes -----------------------------------------
+# coremltools 9 converts torch.eye by folding np.eye(n) into a const, so it needs n known at
+# conversion: gated_delta_rule's identity is T x T for the call's dynamic T, and the
+# conversion fails ("'NoneType' object cannot be interpreted as an integer"). While the
+# decoder is traced, eye(n) is spelled out as what it is, arange(n) compared with itself.
+
+
+class _SpelledOutEye(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.eye and len(args) == 1 and set(kwargs) <= {"dtype", "device"}:
+            rows = torch.arange(args[0], device=kwargs.get("device"))
+            return (rows[:, None] == rows[None, :]).to(kwargs.get("dtype") or torch.get_default_dtype())
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def eye_spelled_out():
+    """torch.eye(n) (square; dtype and device as given) as arange(n)[:, None] == arange(n)[None, :],
+    cast to its dtype, for the duration of the block: the same matrix, at any symbolic n."""
+    with _SpelledOutEye():
+        yield
+
+
 # --- weight names in the converted program --------------------------------------------------
 # The export records which decoder weights have no const of their own in the package (folded
 # away by the converter, or merged by its const deduplication), and tests read a package's
@@ -261,6 +309,15 @@ DEQUANTIZING_OPS = (
     "constexpr_affine_dequantize",
     "constexpr_sparse_to_dense",
 )
+# A parameter the decoder adds to a bias-free linear's output (a delta layer's dt_bias, after
+# in_proj_a): coremltools fuses the add into that linear as its bias. key suffix -> the
+# linear's module suffix.
+ADDED_BIASES = {".delta.dt_bias": ".delta.in_proj_a"}
+# A parameter the decoder transforms on its own before it meets an activation: coremltools
+# folds the transform into one const of the result, named after the op, and the parameter's
+# name is gone (a delta layer's A_log reaches the program only as its decay rate -exp(A_log)).
+# key suffix -> (the transform, its inverse), elementwise in numpy, as coremltools folds it.
+FOLDED_FORMS = {".delta.A_log": (lambda w: -np.exp(w), lambda c: np.log(-c))}
 
 
 def _base_name(name: str) -> str:
@@ -320,7 +377,8 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
     ops in the graph and the embeddings by the one `gather` over a table of their shape,
     each checked by shape; then a linear's bias by the bias input of the `linear` op its
     weight was found in (which also finds a bias that coremltools' const deduplication
-    merged into an identical one). Returns (key -> op, keys with no op)."""
+    merged into an identical one), and so an ADDED_BIASES parameter by the linear it follows.
+    Returns (key -> op, keys with no op; FOLDED_FORMS parameters are always among them)."""
     ops = weight_ops(program)
     by_base: dict[str, object] = {}
     for name, op in ops.items():
@@ -374,13 +432,16 @@ def map_weights(program, decoder: Decoder) -> tuple[dict[str, object], list[str]
                 assign(k, tables[0])
                 claimed.add(id(tables[0]))
 
-    pending_biases = {f"{n}.bias" for n in linear_modules} & (set(state) - set(sources))
+    weight_of_bias = {f"{n}.bias": f"{n}.weight" for n in linear_modules}
+    weight_of_bias.update({key: key.removesuffix(added) + linear + ".weight" for key in state
+                           for added, linear in ADDED_BIASES.items() if key.endswith(added)})
+    pending_biases = {k: w for k, w in weight_of_bias.items() if k in state and k not in sources}
     if pending_biases:
         linear_by_weight = {
             id(op.weight.op): op for op in main.operations if op.op_type == "linear" and op.weight.op is not None
         }
         for key in sorted(pending_biases):
-            weight = sources.get(key.removesuffix(".bias") + ".weight")
+            weight = sources.get(pending_biases[key])
             linear = linear_by_weight.get(id(weight)) if weight is not None else None
             bias = linear.bias.op if linear is not None and linear.bias is not None else None
             if bias is not None and bias.name in ops and tuple(bias.outputs[0].shape) == _shape(decoder, key):
@@ -408,11 +469,12 @@ def shared_weights(decoder: Decoder, sources: dict[str, object], missing: list[s
     precision the package stores), if there is one: coremltools' const deduplication keeps
     one const for equal tensors (say, two all-zero LayerNorm biases of 100+ elements), and
     its name is the other parameter's. Keys at their identity value are left to
-    `identity_weights`. missing key -> mapped key."""
+    `identity_weights`, FOLDED_FORMS parameters (no const holds their own value) to
+    `folded_weights`. missing key -> mapped key."""
     state = decoder.state_dict()
     found = {}
     for key in missing:
-        if bool(torch.all(state[key] == identity_value(key))):
+        if _folded_form(key) or bool(torch.all(state[key] == identity_value(key))):
             continue
         value = state[key].to(stored_dtype)
         for other in sources:
@@ -422,12 +484,44 @@ def shared_weights(decoder: Decoder, sources: dict[str, object], missing: list[s
     return found
 
 
+def _folded_form(key: str):
+    """(transform, inverse) of FOLDED_FORMS for parameter `key`, or None."""
+    return next((forms for suffix, forms in FOLDED_FORMS.items() if key.endswith(suffix)), None)
+
+
+def folded_weights(program, decoder: Decoder, missing: list[str],
+                   stored_dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """For each `missing` FOLDED_FORMS parameter, the weight const of `program` holding
+    exactly its transform at the precision the package stores (computed in fp32 numpy, as
+    coremltools folds it), if one does. missing key -> const op name."""
+    state = decoder.state_dict()
+    stored = np.float16 if stored_dtype == torch.float16 else np.float32
+    consts = [op for op in weight_ops(program).values() if op.op_type == "const"]
+    found = {}
+    for key in missing:
+        forms = _folded_form(key)
+        if forms is None:
+            continue
+        want = forms[0](state[key].float().numpy()).astype(stored)
+        match = next((op for op in consts if np.array_equal(np.asarray(op.outputs[0].val), want)
+                      and np.asarray(op.outputs[0].val).dtype == want.dtype), None)
+        if match is not None:
+            found[key] = match.name
+    return found
+
+
+def unfold(key: str, value: np.ndarray) -> np.ndarray:
+    """FOLDED_FORMS parameter `key` from the value of the const holding its transform."""
+    return _folded_form(key)[1](np.asarray(value, dtype=np.float32))
+
+
 def identity_weights(decoder: Decoder, missing: list[str]) -> list[str]:
     """`missing` if every one of them holds its identity value (ones for a weight, zeros for
     a bias: the converter folds away a multiply by ones or an add of zeros); otherwise an
-    ExportError naming the rest."""
+    ExportError naming the rest. A FOLDED_FORMS parameter is never an identity: its
+    transform is no no-op at any value."""
     state = decoder.state_dict()
-    lost = [k for k in missing if not bool(torch.all(state[k] == identity_value(k)))]
+    lost = [k for k in missing if _folded_form(k) or not bool(torch.all(state[k] == identity_value(k)))]
     if lost:
         raise ExportError(
             f"the Core ML program has no weight for decoder parameters {lost}; the weight mapping "

@@ -65,7 +65,7 @@ class EvaluationError(BundleError):
 VALUE_INFERENCE_OPS = frozenset({
     # arithmetic
     "abs", "add", "sub", "mul", "real_div", "floor_div", "pow", "maximum", "minimum",
-    "exp", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "clip",
+    "exp", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "clip",
     "reduce_max", "reduce_mean", "reduce_sum", "softmax", "layer_norm",
     "matmul", "scaled_dot_product_attention",
     # comparisons and selection
@@ -179,6 +179,28 @@ def _slice_by_index(op, bound, call):
     return type(op).value_inference(bound)
 
 
+def _cumsum(op, bound, call):
+    # MIL cumsum: the running sum along `axis` (default 0); `exclusive` shifts it one place
+    # (the first element 0, the last element's own value left out), `reverse` runs it from the
+    # end. coremltools' value_inference fails on exclusive (its concatenate is malformed).
+    x = np.asarray(bound.x.val)
+    axis = 0 if bound.axis is None else int(bound.axis.val)
+    reverse = bound.reverse is not None and bool(bound.reverse.val)
+    if reverse:
+        x = np.flip(x, axis)
+    out = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if bound.exclusive is not None and bool(bound.exclusive.val):
+        shifted = np.take(out, np.arange(out.shape[axis] - 1), axis=axis)
+        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)), shifted], axis=axis)
+    return np.flip(out, axis) if reverse else out
+
+
+def _range_1d(op, bound, call):
+    # MIL range_1d: numpy's arange(start, end, step). value_inference returns None past its
+    # constant-folding size limit, a limit on folding, not on the op.
+    return np.arange(bound.start.val, bound.end.val, bound.step.val)
+
+
 def _read_state(op, bound, call):
     # A copy: the state itself changes only through coreml_update_state.
     return call.state.values[op.inputs["input"].name].copy()
@@ -203,6 +225,8 @@ KERNELS: dict[str, Callable] = {
     "cast": _cast,
     "slice_by_index": _slice_by_index,
     "select": _select,
+    "cumsum": _cumsum,
+    "range_1d": _range_1d,
     "read_state": _read_state,
     "coreml_update_state": _update_state,
 }

@@ -6,7 +6,8 @@ Contract (names exactly as swift-transformers' `LanguageModel.Keys` spells them)
            causalMask  fp16  [1, 1, T, past+T]      additive: 0 = attend, -65504 = masked
   output   logits      [1, T, vocab]                fp16 (fp32 for the fp32 scheme)
   states   keyCache, valueCache  fp16 [attention layers, 1, kv_heads, max_seq_len, head_dim]
-           convState             fp16 [conv layers, 1, hidden, kernel-1]   (only with conv layers)
+           convState             fp16 [conv layers, 1, channels, kernel-1] (only with conv or delta layers)
+           recurrentState        fp16 [delta layers, 1, value heads, key dim, value dim] (only with delta layers)
 The model reads its positions from the mask's shape (end = causalMask.shape[-1],
 start = end - T) and writes k/v with a slice update `cache[..., start:end, :]`, the form
 coremltools converts into `slice_update` + `coreml_update_state` (`index_copy` does not
@@ -41,12 +42,13 @@ import numpy as np
 
 from mobilekit.errors import BundleError, ExportError, ValidationFailed
 from mobilekit.formats.coreml import (CAUSAL_MASK, COMPUTE_PRECISION, COMPUTE_UNITS, DEPLOYMENT_TARGET,
-                                      INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_IDENTITY_WEIGHTS,
+                                      INPUT_IDS, INT4_BLOCK_SIZE, LOGITS, METADATA_FOLDED_WEIGHTS,
+                                      METADATA_IDENTITY_WEIGHTS,
                                       METADATA_MAX_SEQ_LEN, METADATA_SCHEME, METADATA_SHARED_WEIGHTS,
                                       METADATA_SLIDING_WINDOW, MODEL_FILE,
                                       QUANTIZE_WEIGHT_THRESHOLD, QUANTIZED_DTYPES, SPEC_VERSION_IOS18, WEIGHT_READERS,
                                       check_spec,
-                                      conv_state_shape, io_contract, sliding_window_layout)
+                                      conv_state_shape, io_contract, recurrent_state_shape, sliding_window_layout)
 from mobilekit.lowering import stage, tanh_gelu_spelled_out
 from mobilekit.quantize import WeightFormat, no_quantization, quantizer
 from mobilekit.targets import Artefact, ExportRequest, GenerationResult, Target
@@ -191,6 +193,14 @@ def coreml_weight_format():
 quantizer("coreml", "fp16", "fp32")(no_quantization)  # fp16 / fp32: the compute precision of the conversion
 
 
+def _drop_temporary_package(mlmodel) -> None:
+    """coremltools keeps each model it converts in a temporary package that it deletes only
+    at interpreter exit: a nightly matrix converting every recipe in one process would hold
+    them all in /tmp (a 12B model's are gigabytes). Delete it once it is no longer read."""
+    if mlmodel.is_temp_package:
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
+
+
 def _const_plan(mlmodel, request: ExportRequest) -> dict[str, int]:
     """--quant auto's plan (decoder module -> bits) as the converted program's weight consts
     (const op name -> bits), found by map_weights; every planned weight must have one."""
@@ -240,8 +250,8 @@ class CoreMLTarget(Target):
         import torch
         from torch.export import Dim
 
-        from mobilekit.lowering.coreml import (CoreMLDecoder, fp16_safe_norms, identity_weights, map_weights,
-                                               shared_weights)
+        from mobilekit.lowering.coreml import (CoreMLDecoder, eye_spelled_out, folded_weights, fp16_safe_norms,
+                                               identity_weights, map_weights, shared_weights)
 
         self.check_scheme(request.scheme)
         seq = request.max_seq_len
@@ -261,7 +271,7 @@ class CoreMLTarget(Target):
         with stage(timings, "torch_export_s", request.progress, "torch.export",
                    failing="torch.export of the Core ML decoder"), \
                 torch.no_grad(), fp16_safe_norms(request.decoder, enabled=fp16), \
-                tanh_gelu_spelled_out(request.decoder):
+                tanh_gelu_spelled_out(request.decoder), eye_spelled_out():
             program = torch.export.export(
                 module, example, dynamic_shapes=({1: t_dim}, {2: t_dim, 3: end_dim}), strict=False
             )
@@ -269,7 +279,8 @@ class CoreMLTarget(Target):
         with stage(timings, "decompose_s", request.progress, "decompositions"):
             program = program.run_decompositions({})
 
-        # Every state buffer of the module (the KV cache; the conv state with conv layers)
+        # Every state buffer of the module (the KV cache; the conv state with conv or delta
+        # layers, the recurrent state with delta layers)
         # becomes a Core ML state of its shape: coremltools matches them by name.
         states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(module, name).shape), dtype=np.float16),
                                name=name)
@@ -299,20 +310,25 @@ class CoreMLTarget(Target):
         with stage(timings, "quantize_s", request.progress,
                    f"quantizing weights ({request.scheme})" if quantizer.changes_weights else None,
                    failing=f"coremltools weight quantization ({request.scheme})"):
+            converted = mlmodel
             if request.plan is None:
                 mlmodel = quantizer(mlmodel)
             else:
                 mlmodel = quantizer(mlmodel, plan=_const_plan(mlmodel, request))
+            if mlmodel is not converted:
+                _drop_temporary_package(converted)
 
         # Weights with no const of their own cannot be read back by name: those the
-        # converter folded away (a norm weight of all ones, a bias of all zeros) and those
-        # its const deduplication merged into an equal tensor's const. Record both, after
-        # checking that that is what they are.
+        # converter folded away (a norm weight of all ones, a bias of all zeros), those its
+        # const deduplication merged into an equal tensor's const, and those it folded into a
+        # const of their transform (a delta layer's A_log, as -exp(A_log)). Record all three,
+        # after checking that that is what they are.
         mil_program = mlmodel._mil_program
         stored = torch.float16 if fp16 else torch.float32
         sources, missing = map_weights(mil_program, request.decoder)
-        shared = shared_weights(request.decoder, sources, missing, stored)
-        identity = identity_weights(request.decoder, [k for k in missing if k not in shared])
+        folded = folded_weights(mil_program, request.decoder, missing, stored)
+        shared = shared_weights(request.decoder, sources, [k for k in missing if k not in folded], stored)
+        identity = identity_weights(request.decoder, [k for k in missing if k not in shared and k not in folded])
 
         with stage(timings, "save_s", request.progress, "saving model.mlpackage"):
             mlmodel.short_description = f"mobilekit {request.scheme} decoder, stateful KV cache of {seq} tokens"
@@ -321,14 +337,17 @@ class CoreMLTarget(Target):
             mlmodel.user_defined_metadata[METADATA_SLIDING_WINDOW] = json.dumps(sliding_window_layout(spec))
             mlmodel.user_defined_metadata[METADATA_IDENTITY_WEIGHTS] = json.dumps(identity)
             mlmodel.user_defined_metadata[METADATA_SHARED_WEIGHTS] = json.dumps(shared)
+            mlmodel.user_defined_metadata[METADATA_FOLDED_WEIGHTS] = json.dumps(folded)
             path = request.out_dir / MODEL_FILE
             shutil.rmtree(path, ignore_errors=True)
             mlmodel.save(str(path))
+            _drop_temporary_package(mlmodel)
 
         with stage(timings, "spec_check_s", request.progress, "checking the saved package"):
             expected = {"layers": len(spec.attention_layers), "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
                         "max_seq_len": seq, "vocab_size": spec.vocab_size,
-                        "sliding_window": sliding_window_layout(spec), "conv_state": conv_state_shape(spec)}
+                        "sliding_window": sliding_window_layout(spec), "conv_state": conv_state_shape(spec),
+                        "recurrent_state": recurrent_state_shape(spec)}
             try:
                 spec_check = check_spec(request.out_dir, request.scheme, expected)
             except ValidationFailed as e:
@@ -346,6 +365,7 @@ class CoreMLTarget(Target):
                 "mil_op_types": spec_check.pop("mil_op_types"),
                 "identity_weights": identity,
                 "shared_weights": shared,
+                "folded_weights": folded,
                 "fp16_safe_norms": fp16,
                 "size_bytes": _dir_size(path),
                 "spec_check": spec_check,

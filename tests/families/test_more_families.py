@@ -14,7 +14,7 @@ from mobilekit import checkpoint, families, pipeline, targets
 from mobilekit.errors import CheckpointError
 from mobilekit.modeling import EagerDecoder
 from mobilekit.runtime.eager import EagerSession
-from mobilekit.tiny import TINY_BUDGETS, make_tiny_checkpoint
+from mobilekit.tiny import make_tiny_checkpoint, tiny_budgets
 
 # Phi-3's LongRoPE is exact up to its original context (64); every other tiny model
 # exports 128 tokens, past its 16-token sliding windows.
@@ -41,7 +41,7 @@ def independent_reference(name: str, folder) -> pipeline.ReferenceSource | None:
 def family(request, tmp_path_factory):
     name = request.param
     folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{name}"), families.get(name).tiny_config)
-    context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128), TINY_BUDGETS,
+    context = pipeline.make_context(None, str(folder), SEQ_LEN.get(name, 128), tiny_budgets(name),
                                     reference=independent_reference(name, folder))
     return name, folder, context
 
