@@ -27,15 +27,18 @@ GOLDEN_FILES = ("prompts.json", "sampling.json", "stops.json", "manifests.json")
 
 @pytest.fixture(scope="session")
 def tiny_bundles(tiny_llama_dir, tmp_path_factory):
-    """One unvalidated bundle per target of the tiny Llama and of the tiny LFM2, a hybrid whose
-    conv layers carry a conv state beside the attention layers' KV cache (about 40 s)."""
+    """One unvalidated bundle per target of the tiny Llama, of the tiny LFM2 (a hybrid whose
+    conv layers carry a conv state beside the attention layers' KV cache) and of the tiny
+    Qwen3.5 (whose Gated DeltaNet layers carry a conv state and a recurrent matrix each)
+    (about 60 s)."""
     from mobilekit import families, pipeline
     from mobilekit.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("app-bundles")
     lfm2 = make_tiny_checkpoint(root / "lfm2-checkpoint", families.get("lfm2").tiny_config)
+    qwen3_5 = make_tiny_checkpoint(root / "qwen3_5-checkpoint", families.get("qwen3_5").tiny_config)
     bundles = []
-    for name, folder in (("tiny-llama", tiny_llama_dir), ("tiny-lfm2", lfm2)):
+    for name, folder in (("tiny-llama", tiny_llama_dir), ("tiny-lfm2", lfm2), ("tiny-qwen3_5", qwen3_5)):
         context = pipeline.make_context(None, str(folder), 64)
         bundles += [pipeline.export(context, pipeline.ExportOptions(target=t, scheme="fp32", output=root / f"{name}-{t}",
                                                                     validate=False)).path
