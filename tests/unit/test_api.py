@@ -75,7 +75,7 @@ def test_the_api_names_are_not_shadowed_by_submodules():
 
 
 def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
-    """The README's Python block, verbatim (the embedded SmolLM2 through ONNX int8), run in
+    """The README's Python block, verbatim (the embedded SmolLM2 through ONNX fp16), run in
     an empty folder so its out/ lands there."""
     text = README.read_text()
     start = text.index("```python\nimport mobilekit\n") + len("```python\n")
