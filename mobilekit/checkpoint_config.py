@@ -79,8 +79,11 @@ def spec_from_config(config: dict, where: Path | str) -> DecoderSpec:
         value = config.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
-            problems.append(f"{key} = {value!r} (must be a whole number from 1 to {bound})")
+        # Gemma 3n lists intermediate_size per layer
+        values = value if key == "intermediate_size" and isinstance(value, list) and value else [value]
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= bound for v in values):
+            problems.append(f"{key} = {value!r} (must be a whole number from 1 to {bound}"
+                            + (", or a list of them" if key == "intermediate_size" else "") + ")")
     if problems:
         raise CheckpointError(f"{where} has invalid sizes: {'; '.join(problems)}. Fix config.json; it must describe "
                               "the checkpoint's weights.")

@@ -85,7 +85,7 @@ def groups_of(decoder, kinds=("embedding", "linear")) -> list[Group]:
     if "embedding" in kinds:
         groups.append(Group("embedding", ["embed_tokens"], "embedding", decoder.embed_tokens.weight.numel(), None))
     for i, layer in enumerate(decoder.layers):
-        mixer = "conv" if hasattr(layer, "conv") else "attention"  # the layer's state kind's module
+        mixer = next(n for n in ("conv", "delta", "attention") if hasattr(layer, n))  # the layer's token mixer
         for part in (mixer, "mlp"):
             names = [f"layers.{i}.{part}.{n}" for n, m in getattr(layer, part).named_modules()
                      if isinstance(m, torch.nn.Linear)]
@@ -257,12 +257,15 @@ class _Runner:
                 start = 0
             else:
                 h = self.cache[start]
+                # keys and values shared from layers before `start` (Gemma 3n), as recorded
+                self.sequence.kv_shared = dict(self.cached_kv_shared)
             for i in range(start, spec.num_layers):
                 if record:
                     self.cache[i] = h
                 h = self.sequence.layer(decoder.layers[i], i, h)
             if record:
                 self.cache[spec.num_layers] = h
+                self.cached_kv_shared = dict(self.sequence.kv_shared)
             return decoder.head(h)[0]
         finally:
             for name, weight in self.originals.items():  # as it was (tied again where it was)

@@ -22,8 +22,11 @@ CHUNKS = ([5, 9, 33, 100, 7, 8, 200, 3, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 
 # moves by 7.7e-3; over 100 decode steps its conv state alone in fp16 moved them by 5.3e-3, its
 # recurrent state alone by 1.2e-3, its KV cache alone by 6e-4. Its graph with the states
 # widened to fp32 stays within 3e-6.
+# Gemma 3n's attention is unscaled, over unit-RMS q, k and v, and AltUp mixes four streams:
+# the tiny gemma3n moves by 1.58e-2, and stays within 2.8e-5 with the states in fp32.
 FP16_STATES_BOUND = 5e-3
 DELTA_FP16_STATES_BOUND = 1.5e-2
+ALTUP_FP16_STATES_BOUND = 3e-2
 
 
 def max_error(decoder, package, max_seq_len: int, precision: str = "fp32") -> float:
@@ -51,10 +54,11 @@ def check_coreml_stage2(name: str, context, result, scheme: str) -> None:
     if scheme != "fp32":
         return
     spec = context.checkpoint.spec
-    bound = DELTA_FP16_STATES_BOUND if spec.delta_layers else FP16_STATES_BOUND
+    bound = (ALTUP_FP16_STATES_BOUND if spec.altup_inputs else DELTA_FP16_STATES_BOUND if spec.delta_layers
+             else FP16_STATES_BOUND)
     assert stage2["metrics"]["max_abs_logit_error"] < bound
     decoder, package = context.checkpoint.build_decoder(), result.path / MODEL_FILE
     # The evaluator found this once: torch.export keeps gelu(approximate="tanh") as a keyword
     # coremltools' converter does not read, so the package computed the exact-erf GELU.
     assert not _tanh_gelu_exported_as_exact(spec, package), f"{name}: tanh-GELU converted as exact"
-    assert max_error(decoder, package, context.max_seq_len) < 2e-5
+    assert max_error(decoder, package, context.max_seq_len) < (4e-5 if spec.altup_inputs else 2e-5)

@@ -52,7 +52,7 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     return gemma_spec(config, "Gemma 2", rope_theta=float(params.get("rope_theta", 10000.0)))
 
 
-_RENAMES = {
+RENAMES = {
     "self_attn": "attention",
     "input_layernorm": "input_norm",
     "post_attention_layernorm": "attention_output_norm",
@@ -66,7 +66,7 @@ def convert_weights(state: Mapping[str, torch.Tensor], spec: DecoderSpec) -> dic
     for name, tensor in state.items():
         if name == "lm_head.weight" and spec.tie_word_embeddings:
             continue
-        new = rename(name, ("model.",), _RENAMES)
+        new = rename(name, ("model.",), RENAMES)
         if "norm" in new.rsplit(".", 2)[-2]:
             tensor = tensor.float() + 1.0  # Gemma's (1 + w), in fp32 as Gemma computes it
         out[new] = tensor

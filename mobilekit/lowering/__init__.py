@@ -78,16 +78,16 @@ def modules_replaced(root: "nn.Module", replacement: Callable[["nn.Module"], "nn
 
 
 def spell_out_tanh_gelu(root: "nn.Module") -> list[tuple["nn.Module", Callable]]:
-    """In place: every MLP whose activation is the tanh-approximated GELU (Gemma, Phi-2,
-    GPT-2) computes it as elementwise ops. Converters lose it otherwise: XNNPACK rejects
+    """In place: every module whose activation (`act`: the MLPs, Gemma 3n's per-layer gate)
+    is the tanh-approximated GELU (Gemma, Phi-2, GPT-2) computes it as elementwise ops. Converters lose it otherwise: XNNPACK rejects
     gelu(approximate="tanh") and splits the graph around it; coremltools 9 does not read the
     keyword and converted it as the exact-erf GELU (5e-4 off per element). In fp16 the x^3
     term overflows only where tanh is already +-1, so the limits stay right. Returns the
-    (mlp, original activation) pairs for undoing."""
+    (module, original activation) pairs for undoing."""
     # here, not at the top: target modules import this package and must stay torch-free
-    from mobilekit.modeling.decoder import GatedMLP, PlainMLP, gelu_tanh, gelu_tanh_elementwise
+    from mobilekit.modeling.decoder import gelu_tanh, gelu_tanh_elementwise
 
-    swapped = [(m, m.act) for m in root.modules() if isinstance(m, (GatedMLP, PlainMLP)) and m.act is gelu_tanh]
+    swapped = [(m, m.act) for m in root.modules() if getattr(m, "act", None) is gelu_tanh]
     for m, _ in swapped:
         m.act = gelu_tanh_elementwise
     return swapped

@@ -12,6 +12,7 @@ cos/sin of the token positions, one pair per table kind (`spec.rope_kinds`).
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Callable
 
 import torch
@@ -42,6 +43,18 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
+
+
+class UnscaledRMSNorm(nn.Module):
+    """RMSNorm with no weight (Gemma 3n's v_norm)."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 def rotary_inv_freq(spec: DecoderSpec, kind: str = "global") -> torch.Tensor:
@@ -151,14 +164,22 @@ _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 
 class Attention(nn.Module):
+    """Self-attention. A layer that shares keys and values (spec.kv_source, Gemma 3n) has no
+    k/v projections: it attends over the k/v its source layer computed in the same call,
+    which `kv_shared` carries from layer to layer. It still hands them to `attend`, so its
+    target keeps a copy in the layer's own cache (the same rows as the source's)."""
+
     def __init__(self, spec: DecoderSpec, layer: int = 0):
         super().__init__()
         d, hd = spec.hidden_size, spec.head_dim
         heads, kv = spec.layer_heads(layer), spec.layer_kv_heads(layer)
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv, hd
+        self.kv_source = spec.kv_source(layer)
+        self.shares_kv = layer in spec.kv_sources
         self.q_proj = nn.Linear(d, heads * hd, bias=spec.qkv_bias)
-        self.k_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
-        self.v_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
+        if self.kv_source is None:
+            self.k_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
+            self.v_proj = nn.Linear(d, kv * hd, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(heads * hd, d, bias=spec.output_bias)
         if spec.attention_output_gate:  # Qwen3.5: the family splits these rows off q_proj
             self.gate_proj = nn.Linear(d, heads * hd, bias=spec.qkv_bias)
@@ -166,27 +187,43 @@ class Attention(nn.Module):
         if self.qk_norm_width == "head":
             # Gemma 3's (1 + w) norms, stored by the family as the effective scale; OpenELM's.
             self.q_norm = make_norm(spec, hd)
-            self.k_norm = make_norm(spec, hd)
+            if self.kv_source is None:
+                self.k_norm = make_norm(spec, hd)
         elif self.qk_norm_width == "full":
             # open_lm: one norm over all heads' lanes of q (and of k) at once
             self.q_norm = make_norm(spec, heads * hd)
             self.k_norm = make_norm(spec, kv * hd)
+        self.v_norm = UnscaledRMSNorm(spec.norm_eps) if spec.value_norm else None
         self.rotary = Rotary() if spec.layer_rope(layer) else None
 
-    def forward(self, layer_index, x, rope, attend: Attend):
+    def forward(self, layer_index, x, rope, attend: Attend, kv_shared: dict | None = None):
         # -1 rather than the symbolic length: backends (XNNPACK) reject symbolic reshapes
         b = x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_proj(x)
         if self.qk_norm_width == "full":
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
         q = q.view(b, -1, self.num_heads, self.head_dim)
-        k = k.view(b, -1, self.num_kv_heads, self.head_dim)
-        v = v.view(b, -1, self.num_kv_heads, self.head_dim)
         if self.qk_norm_width == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
         if self.rotary is not None:
             cos, sin = rope
-            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+            q = self.rotary(q, cos, sin)
+        if self.kv_source is not None:
+            k, v = kv_shared[self.kv_source]
+        else:
+            k, v = self.k_proj(x), self.v_proj(x)
+            if self.qk_norm_width == "full":
+                k = self.k_norm(k)
+            k = k.view(b, -1, self.num_kv_heads, self.head_dim)
+            v = v.view(b, -1, self.num_kv_heads, self.head_dim)
+            if self.qk_norm_width == "head":
+                k = self.k_norm(k)
+            if self.v_norm is not None:
+                v = self.v_norm(v)
+            if self.rotary is not None:
+                k = self.rotary(k, cos, sin)
+            if self.shares_kv:
+                kv_shared[layer_index] = (k, v)
         out = attend(layer_index, q, k, v)
         if hasattr(self, "gate_proj"):
             out = out * torch.sigmoid(self.gate_proj(x))
@@ -355,9 +392,19 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(d, inter, bias=spec.mlp_bias)
         self.down_proj = nn.Linear(inter, d, bias=spec.mlp_bias)
         self.act = _ACTIVATIONS[spec.activation]
+        sparsity = spec.layer_sparsity(layer)
+        # Gemma 3n's Gaussian top-k: the gate's lanes below mean + z * std (z the standard
+        # normal's quantile at the sparsity, a constant) are zeroed, the rest shifted down by
+        # that cutoff (ref: transformers Gemma3nTextMLP._gaussian_topk)
+        self.sparsity_quantile = NormalDist().inv_cdf(sparsity) if sparsity > 0 else None
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate = self.gate_proj(x)
+        if self.sparsity_quantile is not None:
+            mean = gate.mean(-1, keepdim=True)
+            std = (gate - mean).pow(2).mean(-1, keepdim=True).sqrt()  # population std, as plain ops
+            gate = F.relu(gate - (mean + std * self.sparsity_quantile))
+        return self.down_proj(self.act(gate) * self.up_proj(x))
 
 
 class PlainMLP(nn.Module):
@@ -399,14 +446,14 @@ class DecoderLayer(nn.Module):
             self.mlp_output_norm = make_norm(spec)
 
     def forward(self, layer_index, h, rope, attend: Attend, convolve: Convolve | None = None,
-                recur: Recur | None = None):
+                recur: Recur | None = None, kv_shared: dict | None = None, per_layer_input=None):
         x = self.input_norm(h)
         if hasattr(self, "conv"):
             a = self.conv(layer_index, x, convolve)
         elif hasattr(self, "delta"):
             a = self.delta(layer_index, x, convolve, recur)
         else:
-            a = self.attention(layer_index, x, rope, attend)
+            a = self.attention(layer_index, x, rope, attend, kv_shared)
         if hasattr(self, "attention_output_norm"):
             a = self.attention_output_norm(a)
         if self.residual_scale != 1.0:  # skipped at 1.0: other families' graphs stay as they were
@@ -424,6 +471,99 @@ class DecoderLayer(nn.Module):
         return h + m if self.residual == "sequential" else h + a + m
 
 
+class Laurel(nn.Module):
+    """Gemma 3n's LAuReL (transformers Gemma3nTextLaurelBlock): x + norm(right(left(x))), a
+    low-rank residual branch."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.linear_left = nn.Linear(spec.hidden_size, spec.laurel_rank, bias=False)
+        self.linear_right = nn.Linear(spec.laurel_rank, spec.hidden_size, bias=False)
+        self.post_laurel_norm = make_norm(spec)
+
+    def forward(self, x):
+        return x + self.post_laurel_norm(self.linear_right(self.linear_left(x)))
+
+
+class AltUp(nn.Module):
+    """Gemma 3n's AltUp (transformers Gemma3nTextAltUp). The residual stream is n streams,
+    stacked [n,B,T,d]; a layer runs on one (the active one) predicted from all of them, and
+    its output corrects each. The coefficients of both steps come from a router over the
+    active stream: tanh(router(norm(x) / d)) [B,T,n]."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        n, d = spec.altup_inputs, spec.hidden_size
+        self.n, self.active, self.router_scale = n, spec.altup_active, 1.0 / d
+        self.correct_output_scale = nn.Parameter(torch.zeros(d))
+        self.correction_coefs = nn.Linear(n, n, bias=False)
+        self.prediction_coefs = nn.Linear(n, n * n, bias=False)
+        self.modality_router = nn.Linear(d, n, bias=False)
+        self.router_norm = make_norm(spec)
+
+    def modalities(self, x):
+        return torch.tanh(self.modality_router(self.router_norm(x) * self.router_scale).float()).to(x.dtype)
+
+    def predict(self, streams):
+        """streams [n,B,T,d] -> predictions: stream i + sum_j coef[i, j] * stream j."""
+        coefs = self.prediction_coefs(self.modalities(streams[self.active]))  # [B,T,n*n], row-major [i, j]
+        coefs = coefs.reshape(coefs.shape[0], -1, self.n, self.n).transpose(-1, -2)  # [B,T,j,i]
+        mixed = streams.permute(1, 2, 3, 0) @ coefs  # [B,T,d,n]
+        return mixed.permute(3, 0, 1, 2) + streams
+
+    def correct(self, predictions, activated):
+        """Each prediction plus the layer's innovation on the active stream, scaled per stream
+        by 1 + coef."""
+        coefs = self.correction_coefs(self.modalities(activated)) + 1.0  # [B,T,n]
+        innovation = activated - predictions[self.active]
+        return predictions + innovation.unsqueeze(0) * coefs.permute(2, 0, 1).unsqueeze(-1)
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean(-1, keepdim=True).sqrt()
+
+
+class AltUpLayer(nn.Module):
+    """Gemma 3n's decoder layer (transformers Gemma3nTextDecoderLayer) on AltUp streams
+    [n,B,T,d]: predict; attention and LAuReL on the active prediction, averaged; the MLP;
+    correct every stream with the result; then the active stream, gated by this layer's
+    per-layer embedding, is added to the other streams. Norm names as DecoderLayer's."""
+
+    def __init__(self, spec: DecoderSpec, layer: int = 0):
+        super().__init__()
+        d, p = spec.hidden_size, spec.per_layer_input_size
+        self.correct_scale = spec.altup_correct_scale
+        self.altup = AltUp(spec)
+        self.input_norm = make_norm(spec)
+        self.laurel = Laurel(spec)
+        self.attention = Attention(spec, layer)
+        self.attention_output_norm = make_norm(spec)
+        self.post_attention_norm = make_norm(spec)
+        self.mlp = GatedMLP(spec, layer)
+        self.mlp_output_norm = make_norm(spec)
+        self.per_layer_input_gate = nn.Linear(d, p, bias=False)
+        self.per_layer_projection = nn.Linear(p, d, bias=False)
+        self.post_per_layer_input_norm = make_norm(spec)
+        self.act = _ACTIVATIONS[spec.activation]
+
+    def forward(self, layer_index, streams, rope, attend: Attend, convolve=None, recur=None,
+                kv_shared: dict | None = None, per_layer_input=None):
+        predictions = self.altup.predict(streams)
+        active = predictions[self.altup.active]
+        x = self.input_norm(active)
+        a = self.attention_output_norm(self.attention(layer_index, x, rope, attend, kv_shared))
+        h = (active + a + self.laurel(x)) / math.sqrt(2.0)
+        h = h + self.mlp_output_norm(self.mlp(self.post_attention_norm(h)))
+        corrected = self.altup.correct(predictions, h)
+        first = corrected[self.altup.active]
+        if self.correct_scale:
+            first = first * self.altup.correct_output_scale
+        gated = self.act(self.per_layer_input_gate(first)) * per_layer_input
+        update = self.post_per_layer_input_norm(self.per_layer_projection(gated))
+        # every stream but the first takes the update (ref: corrected_predictions[1:] += ...)
+        return torch.cat([corrected[:1], corrected[1:] + update], dim=0)
+
+
 class Decoder(nn.Module):
     """Embedding (+ learned positions, x scale) -> N layers -> final norm (/ logit divisor)
     -> lm head (-> softcap)."""
@@ -434,7 +574,18 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         if spec.learned_positions:
             self.embed_positions = nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
+        layer_kind = AltUpLayer if spec.altup_inputs else DecoderLayer
+        self.layers = nn.ModuleList(layer_kind(spec, i) for i in range(spec.num_layers))
+        if spec.altup_inputs:  # the streams beside the token embedding, in and out
+            self.altup_projections = nn.ModuleList(
+                nn.Linear(spec.hidden_size, spec.hidden_size, bias=False) for _ in range(spec.altup_inputs - 1))
+            self.altup_unembed_projections = nn.ModuleList(
+                nn.Linear(spec.hidden_size, spec.hidden_size, bias=False) for _ in range(spec.altup_inputs - 1))
+        if spec.per_layer_input_size:
+            lanes = spec.num_layers * spec.per_layer_input_size
+            self.embed_tokens_per_layer = nn.Embedding(spec.per_layer_vocab_size, lanes)
+            self.per_layer_model_projection = nn.Linear(spec.hidden_size, lanes, bias=False)
+            self.per_layer_projection_norm = make_norm(spec, spec.per_layer_input_size)
         self.norm = make_norm(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.lm_head_bias)
         if spec.tie_word_embeddings:
@@ -447,15 +598,26 @@ class Decoder(nn.Module):
         attend / convolve / recur keep the state of attention / conv / delta layers
         (spec.layer_state)."""
         spec = self.spec
-        h = self.embed(input_ids, positions)
+        h, per_layer = self.embed(input_ids, positions)
         # once, broadcast over heads in every layer; in the activation dtype, as HF casts them
         rope = {kind: (cos.to(h.dtype).unsqueeze(1), sin.to(h.dtype).unsqueeze(1)) for kind, (cos, sin) in rope.items()}
+        kv_shared = {}  # the keys and values of spec.kv_sources, for the layers that share them
         for i, layer in enumerate(self.layers):
-            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve, recur)
+            h = layer(i, h, rope.get(spec.layer_rope(i)), attend, convolve, recur, kv_shared,
+                      None if per_layer is None else per_layer[:, :, i])
         return self.head(h, last_only)
 
     def embed(self, input_ids, positions=None):
-        """The residual stream entering layer 0."""
+        """(the residual stream entering layer 0, per-layer inputs or None). The stream is the
+        token embedding, or with AltUp the streams [n,B,T,d], the others projected from it
+        at its magnitude."""
+        x = self.token_embedding(input_ids, positions)
+        per_layer = self.per_layer_inputs(input_ids, x)
+        if not self.spec.altup_inputs:
+            return x, per_layer
+        return torch.stack([x] + [_at_magnitude(p(x), rms(x)) for p in self.altup_projections]), per_layer
+
+    def token_embedding(self, input_ids, positions=None):
         spec = self.spec
         h = self.embed_tokens(input_ids)
         if spec.learned_positions:
@@ -465,9 +627,31 @@ class Decoder(nn.Module):
             h = h * torch.tensor(spec.embedding_scale, dtype=h.dtype)
         return h
 
-    def head(self, h, last_only: bool = False):
-        """Logits from the last layer's residual stream."""
+    def per_layer_inputs(self, input_ids, token_embedding):
+        """[B,T,layers,per_layer_input_size]: each layer's per-layer embedding mixed with a
+        projection of the token embedding (ref: Gemma3nTextModel.get_per_layer_inputs and
+        project_per_layer_inputs); None without per-layer embeddings."""
         spec = self.spec
+        if not spec.per_layer_input_size:
+            return None
+        shape = (input_ids.shape[0], -1, spec.num_layers, spec.per_layer_input_size)
+        ids = input_ids
+        if spec.per_layer_vocab_size < spec.vocab_size:  # tokens past the table read row 0
+            ids = torch.where(ids < spec.per_layer_vocab_size, ids, torch.zeros_like(ids))
+        table = self.embed_tokens_per_layer(ids)
+        table = table * torch.tensor(spec.per_layer_input_size ** 0.5, dtype=table.dtype)
+        projected = self.per_layer_model_projection(token_embedding) * (spec.hidden_size ** -0.5)
+        projected = self.per_layer_projection_norm(projected.reshape(shape))
+        return (projected + table.reshape(shape)) * (2.0 ** -0.5)
+
+    def head(self, h, last_only: bool = False):
+        """Logits from the last layer's residual stream (with AltUp: the streams brought back
+        to the first one's magnitude and averaged)."""
+        spec = self.spec
+        if spec.altup_inputs:
+            target = rms(h[0])
+            h = torch.stack([h[0]] + [_at_magnitude(p(s), target)
+                                      for p, s in zip(self.altup_unembed_projections, h[1:])]).mean(0)
         h = self.norm(h)
         if last_only:
             h = h[:, -1, :]
@@ -478,6 +662,12 @@ class Decoder(nn.Module):
         if spec.final_softcap is not None:
             logits = softcap(logits, spec.final_softcap)
         return logits
+
+
+def _at_magnitude(x, magnitude):
+    """x rescaled to the given root-mean-square (ref: Gemma3nTextModel.forward's AltUp
+    projections; the mean square is clamped at 1e-5)."""
+    return x * magnitude / x.pow(2).mean(-1, keepdim=True).clamp(min=1e-5).sqrt()
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -544,10 +734,16 @@ class OneSequence:
         self.rope = {kind: (c.unsqueeze(1), s.unsqueeze(1)) for kind, (c, s) in tables.items()}
 
     def embed(self, decoder: Decoder) -> torch.Tensor:
-        return decoder.embed(self.ids, self.positions)
+        h, self.per_layer = decoder.embed(self.ids, self.positions)
+        self.kv_shared = {}
+        return h
 
     def layer(self, layer: DecoderLayer, i: int, h: torch.Tensor) -> torch.Tensor:
-        return layer(i, h, self.rope.get(self.spec.layer_rope(i)), self.attend, self.convolve, self.recur)
+        """Layer i's output. Layers that share keys and values read those their source layer
+        computed in the last embed()-started pass that ran it."""
+        per_layer = None if self.per_layer is None else self.per_layer[:, :, i]
+        return layer(i, h, self.rope.get(self.spec.layer_rope(i)), self.attend, self.convolve, self.recur,
+                     self.kv_shared, per_layer)
 
 
 class EagerDecoder(nn.Module):

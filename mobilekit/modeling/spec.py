@@ -127,6 +127,27 @@ class DecoderSpec:
     delta_key_dim: int = 0
     delta_value_heads: int = 0
     delta_value_dim: int = 0
+    # Gemma 3n. AltUp: the residual stream is altup_inputs streams; each layer runs on the
+    # altup_active one (predicted from all by learned coefficients) and its output corrects
+    # every stream; 0 = one plain stream.
+    altup_inputs: int = 0
+    altup_active: int = 0
+    altup_correct_scale: bool = True
+    # LAuReL: a rank-laurel_rank residual branch beside attention (0 = none).
+    laurel_rank: int = 0
+    # Per-layer embeddings: a second token table of per_layer_input_size lanes per layer (its
+    # first per_layer_vocab_size tokens), mixed with a projection of the token embedding and
+    # gated into the residual after each layer (0 = none).
+    per_layer_input_size: int = 0
+    per_layer_vocab_size: int = 0
+    # Per layer, the fraction of the MLP gate's lanes zeroed by a Gaussian top-k before the
+    # activation (empty = none).
+    activation_sparsity: tuple[float, ...] = ()
+    # The last kv_shared_layers layers compute no keys or values: each attends over those
+    # of the last earlier layer of its type (kv_source).
+    kv_shared_layers: int = 0
+    # RMSNorm without scale on v (Gemma 3n).
+    value_norm: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -180,6 +201,7 @@ class DecoderSpec:
                 "pre_norms False (OLMo 2's post-sublayer norms) needs sandwich_norms and residual sequential")
         if not self.norm_bias and self.norm != "layer":
             raise CheckpointError('norm_bias False (gain-only LayerNorm) needs norm "layer"')
+        self._check_gemma3n_fields()
         if self.residual_scale <= 0 or self.logit_divisor <= 0:
             raise CheckpointError(
                 f"residual_scale ({self.residual_scale}) and logit_divisor ({self.logit_divisor}) must be positive"
@@ -212,6 +234,26 @@ class DecoderSpec:
         if bool(self.layer_num_heads) != bool(self.layer_num_kv_heads):
             raise CheckpointError("layer_num_heads and layer_num_kv_heads are set together or not at all")
 
+    def _check_gemma3n_fields(self):
+        if self.altup_inputs and not 0 <= self.altup_active < self.altup_inputs:
+            raise CheckpointError(f"altup_active ({self.altup_active}) must be below altup_inputs ({self.altup_inputs})")
+        if self.altup_inputs == 1:
+            raise CheckpointError("altup_inputs must be 0 (no AltUp) or at least 2")
+        if bool(self.per_layer_input_size) != bool(self.per_layer_vocab_size):
+            raise CheckpointError("per_layer_input_size and per_layer_vocab_size are set together or not at all")
+        if self.per_layer_input_size and not self.altup_inputs:
+            raise CheckpointError("per-layer embeddings are supported with AltUp (Gemma 3n) only")
+        if self.activation_sparsity and (len(self.activation_sparsity) != self.num_layers
+                                         or any(not 0.0 <= s < 1.0 for s in self.activation_sparsity)):
+            raise CheckpointError(f"activation_sparsity needs one fraction in [0, 1) per layer ({self.num_layers})")
+        if not 0 <= self.kv_shared_layers < self.num_layers:
+            raise CheckpointError(f"kv_shared_layers ({self.kv_shared_layers}) must be below num_layers ({self.num_layers})")
+        for i in range(self.num_layers - self.kv_shared_layers, self.num_layers):
+            if self.layer_state(i) != "kv" or self.kv_source(i) is None:
+                raise CheckpointError(
+                    f"layer {i} shares keys and values (kv_shared_layers {self.kv_shared_layers}) but no earlier "
+                    f"layer of its type ({self.layer_type(i)}) computes them")
+
     @classmethod
     def from_dict(cls, stored: dict) -> "DecoderSpec":
         """Inverse of dataclasses.asdict (how manifests store the spec)."""
@@ -219,7 +261,8 @@ class DecoderSpec:
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise CheckpointError(f"decoder_spec has fields this mobilekit does not know: {sorted(unknown)}")
-        for name in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "nope_layers"):
+        for name in ("layer_types", "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "nope_layers",
+                     "activation_sparsity"):
             if isinstance(fields.get(name), list):
                 fields[name] = tuple(fields[name])
         scaling = fields.get("rope_scaling")
@@ -283,6 +326,24 @@ class DecoderSpec:
         """[batch 1, value heads, key dim, value dim]: a delta layer's matrix state."""
         return (1, self.delta_value_heads, self.delta_key_dim, self.delta_value_dim)
 
+    def kv_source(self, layer: int) -> int | None:
+        """The layer whose keys and values `layer` attends over when it shares them (one of the
+        last kv_shared_layers: the last layer of its type before them, as transformers'
+        kv_sharing_modes), else None."""
+        first_shared = self.num_layers - self.kv_shared_layers
+        if layer < first_shared:
+            return None
+        earlier = [i for i in range(first_shared) if self.layer_type(i) == self.layer_type(layer)]
+        return earlier[-1] if earlier else None
+
+    @property
+    def kv_sources(self) -> tuple[int, ...]:
+        """The layers whose keys and values later layers share."""
+        return tuple(sorted({self.kv_source(i) for i in range(self.num_layers)} - {None}))
+
+    def layer_sparsity(self, layer: int) -> float:
+        return self.activation_sparsity[layer] if self.activation_sparsity else 0.0
+
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of `layer`, or None for full causal attention (and conv layers)."""
         if self.sliding_window is None or self.layer_state(layer) != "kv":
@@ -344,11 +405,25 @@ class DecoderSpec:
             else:
                 attn = d * hd * (heads * (2 + self.attention_output_gate) + kv * 2)
                 attn += hd * (heads + 2 * kv) * self.qkv_bias + d * self.output_bias
+            if self.kv_source(i) is not None:  # no k/v projections (nor their norm)
+                attn -= d * hd * kv * 2 + 2 * hd * kv * self.qkv_bias + per_norm * hd * self.qk_norm
             if self.qk_norm and self.layer_state(i) == "kv":
                 attn += per_norm * hd * (2 if self.qk_norm_width == "head" else heads + kv)
+            if self.altup_inputs:  # AltUp's coefficients, router and norm, output scale
+                n = self.altup_inputs
+                attn += n * n + n * n * n + d * n + 2 * d
+            if self.laurel_rank:  # two low-rank projections and their norm
+                attn += 2 * d * self.laurel_rank + d
+            if self.per_layer_input_size:  # gate in, projection out, their norm
+                attn += 2 * d * self.per_layer_input_size + d
             mlp = (3 if self.mlp == "gated" else 2) * d * inter + (inter + d) * self.mlp_bias
             total += attn + mlp + norms * per_norm * d
         embed = self.vocab_size * d
         head = (0 if self.tie_word_embeddings else embed) + self.vocab_size * self.lm_head_bias
         positions = self.max_position_embeddings * d * self.learned_positions
+        if self.altup_inputs:  # the streams' projections in and out
+            total += 2 * (self.altup_inputs - 1) * d * d
+        if self.per_layer_input_size:  # the per-layer table, the projection into it and its norm
+            lanes = self.num_layers * self.per_layer_input_size
+            total += self.per_layer_vocab_size * lanes + d * lanes + self.per_layer_input_size
         return total + embed + head + positions + per_norm * d

@@ -239,8 +239,12 @@ class CoreMLTarget(Target):
     # to fp32 (the graph itself is exact). The max |Δ| bound moves to 0.05; a logit error that
     # large flips the top-1 of near-ties, so top-1 and greedy get fp16's gates (the tiny
     # Gemma 3 1B of `mobilekit matrix` flipped 1 of 80 positions at max |Δ| 0.0017 and its
-    # greedy continuation after that). Cosine and perplexity keep fp32's bounds.
-    budget_adjustments = {"fp32": {"max_abs_logit_error": 0.05, "min_top1_agreement": 0.9, "min_greedy_match": None}}
+    # greedy continuation after that). Perplexity keeps fp32's bound; the worst position's
+    # cosine moves to 0.9999: the tiny Gemma 3n (AltUp, unscaled attention over unit-RMS q, k
+    # and v) measured 0.999979 (mean 0.9999989, max |Δ| 0.016), and 2.8e-5 from the eager
+    # decoder with the states in fp32.
+    budget_adjustments = {"fp32": {"max_abs_logit_error": 0.05, "min_cosine": 0.9999, "min_top1_agreement": 0.9,
+                                   "min_greedy_match": None}}
     # Measured: int4 conversion of a 1.1B model (4.4 GB fp32) peaked at 11.65 GB RSS.
     export_memory_factor = 2.65
 

@@ -131,6 +131,10 @@ EXECUTORCH_BITS = {
 }
 
 
+INT4_GROUP_SIZE = 32  # int4 linears: 8da4w's weight groups along the input axis
+INT4_EMBEDDING_GROUP_SIZE = 64  # int4 embedding rows
+
+
 def executorch_config(kind: str, bits: int):
     """The torchao config for one weight, in forms XNNPACK (linears, dynamic int8
     activations) or ExecuTorch's quantized kernels (embeddings) run natively.
@@ -153,11 +157,11 @@ def executorch_config(kind: str, bits: int):
     if kind == "embedding":
         if bits == 8:
             return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(64))
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_EMBEDDING_GROUP_SIZE))
     if bits == 8:
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     return Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=torch.int4, weight_granularity=PerGroup(32),
+        weight_dtype=torch.int4, weight_granularity=PerGroup(INT4_GROUP_SIZE),
         intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY,
     )
 
@@ -189,7 +193,14 @@ def quantize_for_executorch(module, scheme: str, plan: dict[str, int] | None = N
     # Modules quantized while loading (layer_quantizer) are skipped: quantizing is idempotent.
     for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Linear, "linear")):
         for sub in [m for m in module.modules() if isinstance(m, cls) and _not_yet_quantized(m)]:
-            _quantize_module(sub, executorch_config(kind, bits_of(sub, kind)))
+            bits = bits_of(sub, kind)
+            if kind == "linear" and bits == 4 and sub.in_features % INT4_GROUP_SIZE:
+                # 8da4w's groups cannot split a row shorter than a group (Gemma 3n's AltUp
+                # coefficients read 4 lanes): such a weight, a few dozen values, stays fp32
+                continue
+            if kind == "embedding" and bits == 4 and sub.embedding_dim % INT4_EMBEDDING_GROUP_SIZE:
+                bits = 8  # rows that 4-bit groups cannot tile (a tiny model's table) go per row at 8
+            _quantize_module(sub, executorch_config(kind, bits))
 
 
 def executorch_weight_format():

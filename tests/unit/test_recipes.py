@@ -147,6 +147,10 @@ EXPECTED_PARAMETERS = {
     # Qwen3_5ForCausalLM built at the pinned text_config on the meta device, counted
     "qwen3.5-0.8b": 0.752e9,
     "qwen3.5-2b": 1.882e9,
+    # the language model only: transformers' Gemma3nForCausalLM built at the pinned text_config
+    # on the meta device, counted (4,435,182,688 and 6,835,235,568: per-layer table included)
+    "gemma-3n-e2b-it": 4.435e9,
+    "gemma-3n-e4b-it": 6.835e9,
 }
 
 
