@@ -56,7 +56,8 @@ def onnx_ops() -> dict:
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
                   past_v: torch.Tensor, scale: float,
                   softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # q [B,T,H,hd], k/v [B,T,KV,hd], mask [T,P+T] additive, past [B,KV,P,hd]; softcap 0 = none.
+        # q [B,T,H,hd], k/v [B,S,KV,hd] (S >= T: a gap before the new keys, OnnxDecoder), mask
+        # [T,P+S] additive, past [B,KV,P,hd]; softcap 0 = none.
         # ONNX Attention (opset 23) caps the scaled scores before it adds the mask, as here.
         b, t, h, hd = q.shape
         k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
@@ -156,9 +157,9 @@ def onnx_modules(decoder: Decoder):
 
 
 def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtype) -> dict:
-    """{window: additive mask [T, P+T]}, one per distinct `spec.layer_window` (None = full
-    causal). Query i sits at position P+i (from shapes); a key is visible iff it is at or
-    before the query, inside the window if any, and attention_mask[0, key] is 1."""
+    """{window: additive mask [T, total]} (total = attention_mask's width), one per distinct
+    `spec.layer_window` (None = full causal). Query i sits at position total-T+i; a key is
+    visible iff it is at or before the query, inside the window if any, and not padding."""
     total = attention_mask.shape[1]
     key_pos = torch.arange(total, device=attention_mask.device)
     query_pos = torch.arange(t, device=attention_mask.device) + (total - t)
@@ -214,12 +215,23 @@ class OnnxDecoder(nn.Module):
             for kind in spec.rope_kinds
         }
 
+        # ONNX Runtime GenAI (0.18) does not feed the last generated token when an app appends
+        # tokens after generating: the new tokens come one position late, with attention_mask
+        # (and the presents GenAI allocates) one wider than P+T. The gap is that token's slot
+        # in the cache, left zero as in GenAI's own builder models (whose shared buffer holds
+        # zeros there, attended like any key): the same tokens as theirs on the same weights
+        # (tests/targets/test_onnx.py). Every other call has no gap and computes as without.
+        past_len = past[self.state_slots[spec.attention_layers[0]][0]].shape[2]
+        gap = attention_mask.shape[1] - past_len - t
         masks = additive_masks(spec, t, attention_mask, self.dtype)
         scale, softcap = spec.attention_scale, spec.attention_softcap or 0.0
         presents: list[torch.Tensor | None] = [None] * len(past)
 
         def attend(i, q, k, v):
             key, value = self.state_slots[i]
+            # zero rows before the new keys and values (F.pad: torch.cat of a possibly empty
+            # tensor makes torch.export assume the gap is always 0)
+            k, v = (nn.functional.pad(x, (0, 0, 0, 0, gap, 0)) for x in (k, v))
             out, presents[key], presents[value] = torch.ops.mobilekit_onnx.attention(
                 q, k, v, masks[spec.layer_window(i)], past[key], past[value], scale, softcap
             )

@@ -174,14 +174,15 @@ def test_genai_greedy_equals_eager_greedy(fp32):
 
 def test_genai_runs_a_second_append_from_the_states_the_first_left(fp32):
     """GenAI's recurrent state across appends: the second append runs several tokens at once
-    from the states the first one left, then GenAI decodes from there. (An append after
-    generated tokens fails in GenAI 0.18 on every mobilekit ONNX bundle, attention-only ones
-    too, with ONNX Runtime's "inconsistent total_sequence_length (between attn_mask and
-    past_key and past_value)": not a delta-state matter, so not tried here.)"""
+    from the states the first one left, then GenAI decodes from there. An append after
+    generated tokens runs too (GenAI leaves the last generated token out of every state
+    then: tests/targets/test_onnx.py compares that case with GenAI's own builder models)."""
     turn = [33, 71, 400, 12]
     expected = eager_greedy(PROMPT + turn, NEW_TOKENS)
     assert EOS not in expected
     assert genai_turns(fp32[0], [(PROMPT, 0), (turn, NEW_TOKENS)]) == [[], expected]
+    chat = genai_turns(fp32[0], [(PROMPT, 3), (turn, NEW_TOKENS), ([7, 8], 2)])
+    assert [len(tokens) for tokens in chat] == [3, NEW_TOKENS, 2]
 
 
 def test_int4_quantizes_the_delta_projections_and_keeps_the_recurrence_float(int4):

@@ -91,6 +91,41 @@ def test_genai_greedy_equals_reference(bundles, tiny):
     assert result.runtime == "ONNX Runtime GenAI"
 
 
+def genai_chat(folder, turns, max_length=64) -> list[int]:
+    """The sequence GenAI holds after `turns` [(tokens to append, tokens to generate), ...],
+    each append after generated tokens, as a chat app's turns are."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=max_length)
+    generator = og.Generator(model, params)
+    for appended, count in turns:
+        generator.append_tokens(appended)
+        for _ in range(count):
+            generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)]
+
+
+def test_genai_appends_after_generated_tokens_as_its_own_builder_models_do(bundles, tiny_llama_dir, tmp_path):
+    """A second turn appended after generated tokens. GenAI 0.18 does not feed the last
+    generated token then: the appended ones come one position late, attention_mask one wider
+    than the cache (the graph once failed here: "inconsistent total_sequence_length"). The
+    bundle runs it, and holds the same sequence as ONNX Runtime GenAI's own model builder's
+    fp32 model of the same checkpoint, over three turns."""
+    import subprocess
+    import sys
+
+    builder = tmp_path / "builder"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tiny_llama_dir),
+                    "-o", str(builder), "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache")],
+                   check=True, capture_output=True)
+    turns = [([5, 17, 3, 88, 41, 9], 5), ([33, 71, 400, 12], 5), ([7, 8], 3)]
+    ours = genai_chat(bundles["fp32"][0], turns)
+    assert len(ours) == 6 + 5 + 4 + 5 + 2 + 3
+    assert ours == genai_chat(builder, turns)
+
+
 @pytest.mark.parametrize("scheme", ["fp16", "int4"])
 def test_genai_runs_every_scheme(bundles, scheme):
     result = TARGET.generate(bundles[scheme][0], {}, "Rivers carry water", 6, lambda _t: None)
