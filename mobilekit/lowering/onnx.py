@@ -39,6 +39,7 @@ def onnx_ops() -> dict:
     if _OPS:
         return _OPS
     from torch.library import custom_op
+    from onnxscript import ir
     from onnxscript import opset23 as op
 
 
@@ -54,12 +55,14 @@ def onnx_ops() -> dict:
 
     @custom_op("mobilekit_onnx::attention", mutates_args=())
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
-                  past_v: torch.Tensor, scale: float,
+                  past_v: torch.Tensor, pads: torch.Tensor, scale: float,
                   softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # q [B,T,H,hd], k/v [B,S,KV,hd] (S >= T: a gap before the new keys, OnnxDecoder), mask
-        # [T,P+S] additive, past [B,KV,P,hd]; softcap 0 = none.
+        # q [B,T,H,hd], k/v [B,T,KV,hd], mask [T,total] additive, past [B,KV,P,hd]; softcap 0 =
+        # none. pads (int64 [6], gap_pads): ONNX Pad's pads of k and v as [B,T,KV*hd], the gap
+        # (GENAI_GAP) before the new keys and values, zero rows, so that presents are total long.
         # ONNX Attention (opset 23) caps the scaled scores before it adds the mask, as here.
         b, t, h, hd = q.shape
+        k, v = (nn.functional.pad(x, (0, 0, 0, 0, int(pads[1]), 0)) for x in (k, v))
         k = torch.cat([past_k, k.transpose(1, 2)], dim=2)
         v = torch.cat([past_v, v.transpose(1, 2)], dim=2)
         groups = h // k.shape[1]
@@ -74,10 +77,9 @@ def onnx_ops() -> dict:
         return out.transpose(1, 2).reshape(b, t, h * hd), k, v
 
     @attention.register_fake
-    def _(q, k, v, mask, past_k, past_v, scale, softcap):
+    def _(q, k, v, mask, past_k, past_v, pads, scale, softcap):
         b, t, h, hd = q.shape
-        total = past_k.shape[2] + k.shape[1]
-        present = (b, past_k.shape[1], total, hd)
+        present = (b, past_k.shape[1], mask.shape[-1], hd)
         return q.new_empty(b, t, h * hd), past_k.new_empty(present), past_v.new_empty(present)
 
     def flat(x):
@@ -109,11 +111,17 @@ def onnx_ops() -> dict:
         out.shape, out.type = x3.shape, x3.type  # same as its input: lets attention's flat() see through
         return op.Reshape(out, op.Constant(value_ints=[0, 0, heads, hd]))
 
-    def attention_onnx(q, k, v, mask, past_k, past_v, scale: float, softcap: float):
+    def attention_onnx(q, k, v, mask, past_k, past_v, pads, scale: float, softcap: float):
         # softcap (Gemma 2): ONNX Runtime's CPU Attention caps before the mask (tested).
         capped = {"softcap": softcap} if softcap else {}
+        def padded(x):
+            out = op.Pad(flat(x), pads)
+            # the lanes stay as they were (ONNX Runtime infers Attention's output from them)
+            out.shape, out.type = ir.Shape([x.shape[0], None, x.shape[2] * x.shape[3]]), x.type
+            return out
+
         out, present_k, present_v, _ = op.Attention(
-            flat(q), flat(k), flat(v), mask, past_k, past_v,
+            flat(q), padded(k), padded(v), mask, past_k, past_v,
             q_num_heads=q.shape[2], kv_num_heads=k.shape[2], scale=scale, **capped,
         )
         return out, present_k, present_v
@@ -154,6 +162,23 @@ def onnx_modules(decoder: Decoder):
         return OnnxRotary() if isinstance(child, Rotary) else None
 
     return modules_replaced(decoder, onnx_form)
+
+
+# GENAI_GAP. ONNX Runtime GenAI (0.18) does not feed the last generated token when an app
+# appends tokens after generating (a chat's next turn): the new tokens come one position late,
+# with attention_mask, and the presents GenAI allocates, one wider than P+T. That token's slot
+# in the cache is left zero, as GenAI's own builder models hold it (zeros in their shared
+# buffer, attended like any key): the same tokens as theirs on the same weights
+# (tests/targets/test_onnx.py). Every other call has no gap and computes as without.
+
+
+def gap_pads(gap) -> torch.Tensor:
+    """ONNX Pad's pads [6] that put `gap` zero rows before the new keys and values [B,T,KV*hd]
+    (GENAI_GAP): built once per forward, read by every attention layer."""
+    zero = torch.zeros((), dtype=torch.int64)
+    # scalar_tensor keeps a symbolic gap symbolic under torch.export (as_tensor would fix it at
+    # the example's 0)
+    return torch.stack([zero, torch.scalar_tensor(gap, dtype=torch.int64), zero, zero, zero, zero])
 
 
 def additive_masks(spec, t: int, attention_mask: torch.Tensor, dtype: torch.dtype) -> dict:
@@ -215,25 +240,15 @@ class OnnxDecoder(nn.Module):
             for kind in spec.rope_kinds
         }
 
-        # ONNX Runtime GenAI (0.18) does not feed the last generated token when an app appends
-        # tokens after generating: the new tokens come one position late, with attention_mask
-        # (and the presents GenAI allocates) one wider than P+T. The gap is that token's slot
-        # in the cache, left zero as in GenAI's own builder models (whose shared buffer holds
-        # zeros there, attended like any key): the same tokens as theirs on the same weights
-        # (tests/targets/test_onnx.py). Every other call has no gap and computes as without.
-        past_len = past[self.state_slots[spec.attention_layers[0]][0]].shape[2]
-        gap = attention_mask.shape[1] - past_len - t
         masks = additive_masks(spec, t, attention_mask, self.dtype)
+        pads = gap_pads(attention_mask.shape[1] - past[self.state_slots[spec.attention_layers[0]][0]].shape[2] - t)
         scale, softcap = spec.attention_scale, spec.attention_softcap or 0.0
         presents: list[torch.Tensor | None] = [None] * len(past)
 
         def attend(i, q, k, v):
             key, value = self.state_slots[i]
-            # zero rows before the new keys and values (F.pad: torch.cat of a possibly empty
-            # tensor makes torch.export assume the gap is always 0)
-            k, v = (nn.functional.pad(x, (0, 0, 0, 0, gap, 0)) for x in (k, v))
             out, presents[key], presents[value] = torch.ops.mobilekit_onnx.attention(
-                q, k, v, masks[spec.layer_window(i)], past[key], past[value], scale, softcap
+                q, k, v, masks[spec.layer_window(i)], past[key], past[value], pads, scale, softcap
             )
             return out
 

@@ -99,7 +99,7 @@ def test_shared_helper_modules_are_not_families():
 def test_unknown_family_lists_the_registered_ones():
     from mobilekit.errors import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="Unknown family 'bert'. Available: gemma2, gemma3, gpt2"):
+    with pytest.raises(UnknownNameError, match="Unknown family 'bert'. Available: gemma2, gemma3, gemma3n, gpt2"):
         families.get("bert")
 
 
