@@ -78,7 +78,6 @@ def spec_from_config(config: Mapping) -> DecoderSpec:
     )
 
 
-
 # Weights of the multimodal checkpoints that are not the language model.
 _NOT_TEXT = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
 _SHARED_KV_WEIGHTS = (".k_proj.", ".v_proj.", ".k_norm.")

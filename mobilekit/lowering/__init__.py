@@ -79,7 +79,8 @@ def modules_replaced(root: "nn.Module", replacement: Callable[["nn.Module"], "nn
 
 def spell_out_tanh_gelu(root: "nn.Module") -> list[tuple["nn.Module", Callable]]:
     """In place: every module whose activation (`act`: the MLPs, Gemma 3n's per-layer gate)
-    is the tanh-approximated GELU (Gemma, Phi-2, GPT-2) computes it as elementwise ops. Converters lose it otherwise: XNNPACK rejects
+    is the tanh-approximated GELU (Gemma, Phi-2, GPT-2) computes it as elementwise ops.
+    Converters lose it otherwise: XNNPACK rejects
     gelu(approximate="tanh") and splits the graph around it; coremltools 9 does not read the
     keyword and converted it as the exact-erf GELU (5e-4 off per element). In fp16 the x^3
     term overflows only where tanh is already +-1, so the limits stay right. Returns the
