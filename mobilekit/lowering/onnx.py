@@ -114,6 +114,7 @@ def onnx_ops() -> dict:
     def attention_onnx(q, k, v, mask, past_k, past_v, pads, scale: float, softcap: float):
         # softcap (Gemma 2): ONNX Runtime's CPU Attention caps before the mask (tested).
         capped = {"softcap": softcap} if softcap else {}
+
         def padded(x):
             out = op.Pad(flat(x), pads)
             # the lanes stay as they were (ONNX Runtime infers Attention's output from them)
@@ -203,7 +204,8 @@ class OnnxDecoder(nn.Module):
     Positions come from `position_ids`: rotary cos/sin gathered from one max_seq_len table
     per kind (Gemma 3's sliding layers have their own base), learned position embeddings
     (GPT-2) gathered likewise. The causal mask comes from shapes (query i sits at P+i and
-    sees keys 0..P+i), combined with `attention_mask` for padded keys; sliding layers get a
+    sees keys 0..P+i; one later with GenAI's gap, GENAI_GAP), combined with `attention_mask`
+    for padded keys; sliding layers get a
     second mask that also hides keys at or before query - window. Both are built once per
     forward and shared by the layers; the cache stays full length. A conv layer runs the
     decoder's own CausalConv on the past conv state it is fed (zeros at position 0, from the
