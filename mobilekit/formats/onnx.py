@@ -14,7 +14,9 @@ optimum decoder exports, which GenAI reads through `genai_config.json` with
            present.{i}.conv_state [1,channels,kernel-1],
            present.{i}.recurrent_state [1,value_heads,key_dim,value_dim] float32
 
-The app feeds each present back as the next past: a KV present is concat(past, new), a conv
+The app feeds each present back as the next past: a KV present is concat(past, new) (when
+attention_mask is wider than P+T, concat(past, zero rows, new) as wide as it: how ONNX
+Runtime GenAI 0.18 appends after generated tokens, lowering.onnx GENAI_GAP), a conv
 present the last kernel-1 inputs of the layer's convolution, a recurrent present a Gated
 DeltaNet's matrix state after these tokens (both zeros before the first token). The matrix
 state is float32 under every scheme, fp16 included: the decoder runs the recurrence in fp32

@@ -12,7 +12,8 @@ Contract (the layout of Hugging Face / optimum decoder exports, which GenAI read
            present.{i}.conv_state [1,channels,kernel-1],
            present.{i}.recurrent_state [1,value_heads,key_dim,value_dim]
 
-The app feeds each present back as the next past (a KV present is concat(past, new); a conv
+The app feeds each present back as the next past (a KV present is concat(past, new), with
+zero rows between when attention_mask is wider than P+T: GENAI_GAP in lowering.onnx; a conv
 present the last kernel-1 inputs of the convolution; a recurrent present a Gated DeltaNet's
 matrix state, float32 under every scheme; conv and recurrent states are zeros before the
 first token). T and P are dynamic; P is 0 on the first call. A folder with LFM2's conv
