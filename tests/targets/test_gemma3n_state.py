@@ -42,6 +42,8 @@ def test_calls_carry_every_layer_as_the_full_forward_sees_it(decoder, tmp_path, 
     out.mkdir()
     artefact = get(target).export(ExportRequest(decoder=decoder, scheme="fp32", max_seq_len=SEQ, bos_id=None,
                                                 eos_ids=[EOS], out_dir=out))
+    # the manifest tells an app which caches are copies, and of which layer
+    assert [state.get("kv_source") for state in artefact.io["layer_states"]] == [None, None, None, 2, 1]
     session = get(target).open_session(out, {"max_seq_len": SEQ, "io": artefact.io, "scheme": "fp32"})
     session.reset()
     got = np.stack([session.step(call) for call in CALLS])
