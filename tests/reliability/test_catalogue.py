@@ -278,6 +278,11 @@ FAMILY_CONFIG_CASES = [
     ("lfm2-unknown-layer-type", "lfm2", {"layer_types": ["conv", "linear_attention", "conv"]},
      ["linear_attention", "layer_types"]),
     ("smollm3-no-rope-layers-short", "smollm3", {"no_rope_layers": [1, 0]}, ["no_rope_layers has 2 entries"]),
+    # layer 1 (full attention) would share keys and values, but no earlier layer is full
+    ("gemma3n-shared-kv-without-source", "gemma3n", {"num_kv_shared_layers": 4},
+     ["layer 1 shares keys and values", "kv_shared_layers 4"]),
+    ("gemma3n-altup-active-out-of-range", "gemma3n", {"altup_active_idx": 7},
+     ["altup_active (7) must be below altup_inputs (4)"]),
 ]
 
 
